@@ -1,0 +1,156 @@
+/*
+ * kvsquash C ABI: the whole kernel surface, usable without Node.
+ *
+ * Conventions
+ * - Every entry returns a kvs_status; on failure kvs_last_error() gives a message for the
+ *   calling thread (valid until that thread's next kvsquash call).
+ * - Tensors are dense, contiguous, row-major; a kvs_tensor only describes memory it does
+ *   not own. data lives on the device named by (device_type, device_index).
+ * - Every op takes an explicit stream (a cudaStream_t as void*). NULL means the library's
+ *   own non-blocking stream for the tensors' device. CUDA ops only enqueue work: call
+ *   kvs_cuda_stream_synchronize() before reading results on the host. CPU ops ignore the
+ *   stream and finish before they return.
+ * - Integer and selection outputs are identical between CPU and CUDA; float outputs agree
+ *   within the tolerances stated by each op's tests.
+ */
+#ifndef KVSQUASH_H
+#define KVSQUASH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped whenever a struct layout or an entry's meaning changes. */
+#define KVS_ABI_VERSION 1
+#define KVS_MAX_RANK 8
+
+typedef enum kvs_status {
+  KVS_OK = 0,
+  KVS_E_SHAPE = 1,       /* wrong rank or dimension, empty tensor */
+  KVS_E_DTYPE = 2,       /* dtype not accepted for this argument */
+  KVS_E_DEVICE = 3,      /* tensors on different devices, or device not usable */
+  KVS_E_DISPOSED = 4,    /* tensor memory already released */
+  KVS_E_RANGE = 5,       /* a value out of its allowed range (lengths, NaN scale, index) */
+  KVS_E_CUDA = 6,        /* the CUDA runtime reported an error */
+  KVS_E_OOM = 7,         /* an allocation failed */
+  KVS_E_UNSUPPORTED = 8, /* valid request this build or device cannot run */
+  KVS_E_INTERNAL = 9     /* a bug in kvsquash */
+} kvs_status;
+
+typedef enum kvs_dtype {
+  KVS_F32 = 0,
+  KVS_F16 = 1,
+  KVS_BF16 = 2,
+  KVS_I32 = 3,
+  KVS_U32 = 4,
+  KVS_I16 = 5,
+  KVS_U16 = 6,
+  KVS_I8 = 7,
+  KVS_U8 = 8
+} kvs_dtype;
+
+typedef enum kvs_device_type { KVS_CPU = 0, KVS_CUDA = 1 } kvs_device_type;
+
+typedef struct kvs_tensor {
+  void* data;
+  int32_t dtype;        /* kvs_dtype */
+  int32_t device_type;  /* kvs_device_type */
+  int32_t device_index; /* CUDA ordinal; 0 for CPU */
+  int32_t rank;         /* 0..KVS_MAX_RANK */
+  int64_t shape[KVS_MAX_RANK];
+} kvs_tensor;
+
+/* ---- library ---------------------------------------------------------------------- */
+
+int kvs_abi_version(void);
+const char* kvs_status_name(kvs_status status); /* "E_SHAPE", ... ; "OK" */
+const char* kvs_last_error(void);
+size_t kvs_dtype_size(kvs_dtype dtype); /* 0 for an unknown dtype */
+
+/* Threads the CPU reference kernels use per op (default: hardware concurrency, or the
+ * KVSQUASH_THREADS environment variable). n <= 0 restores the default. */
+int kvs_cpu_threads(void);
+void kvs_set_cpu_threads(int n);
+
+/* ---- CUDA runtime (KVS_E_UNSUPPORTED when built without CUDA) ----------------------- */
+
+typedef struct kvs_cuda_device_info {
+  int32_t index;
+  char name[256];
+  int32_t cc_major, cc_minor;
+  uint64_t memory_bytes;
+} kvs_cuda_device_info;
+
+typedef struct kvs_cuda_info {
+  int32_t compiled;      /* built with CUDA kernels */
+  int32_t available;     /* at least one device runs our kernels */
+  int32_t driver_version;  /* cudaDriverGetVersion, 0 when no driver */
+  int32_t runtime_version; /* cudaRuntimeGetVersion of the linked (static) runtime */
+  char reason[256];      /* why not available ("" when available) */
+  int32_t device_count;  /* entries filled in devices[] */
+  kvs_cuda_device_info devices[16];
+} kvs_cuda_info;
+
+/* Queries the driver once per call; the first call initialises the CUDA runtime. */
+kvs_status kvs_cuda_probe(kvs_cuda_info* info);
+
+kvs_status kvs_cuda_malloc(int device, size_t bytes, void** ptr);
+kvs_status kvs_cuda_free(int device, void* ptr);
+
+typedef enum kvs_copy_kind {
+  KVS_COPY_HOST_TO_DEVICE = 0,
+  KVS_COPY_DEVICE_TO_HOST = 1,
+  KVS_COPY_DEVICE_TO_DEVICE = 2
+} kvs_copy_kind;
+
+/* Enqueued on the stream; the host side must stay valid until the stream is synchronized. */
+kvs_status kvs_cuda_memcpy(void* dst, const void* src, size_t bytes, kvs_copy_kind kind,
+                           int device, void* stream);
+kvs_status kvs_cuda_memset_zero(void* dst, size_t bytes, int device, void* stream);
+kvs_status kvs_cuda_stream_synchronize(int device, void* stream);
+
+/* Live allocations made through kvs_cuda_malloc on one device (all devices when device < 0). */
+typedef struct kvs_memory_stats {
+  uint64_t live_bytes;
+  uint64_t live_allocations;
+  uint64_t peak_bytes;
+} kvs_memory_stats;
+kvs_status kvs_cuda_memory_stats(int device, kvs_memory_stats* stats);
+
+/* Checks that ptr is device memory of `device` holding at least `bytes` from ptr. */
+kvs_status kvs_cuda_check_pointer(int device, const void* ptr, size_t bytes);
+
+/* ---- ops ---------------------------------------------------------------------------- */
+
+/*
+ * Dense attention: out[b,h,i,:] = sum_j softmax_j(s_ij) v[b,h/G,j,:] with
+ *   s_ij = scale * <q[b,h,i,:], k[b,h/G,j,:]> + log_weights[b,h/G,j]   (G = Hq / Hkv)
+ * over keys j < len(b,h/G) (kv_lengths, or Tk); with causal, key j is visible to query i
+ * only when j <= i + len - Tq (the queries are the last Tq positions of the sequence).
+ * A query that sees no key gets a zero output row and lse = -inf.
+ *
+ * q [B,Hq,Tq,D]; k, v [B,Hkv,Tk,D]; one float dtype (f32/f16/bf16) for q, k, v.
+ * out [B,Hq,Tq,D] in f32, f16 or bf16. lse (optional) f32 [B,Hq,Tq], natural log of the
+ * softmax denominator including the max. kv_lengths (optional) i32 [B,Hkv] in [0, Tk].
+ * log_weights (optional) f32 [B,Hkv,Tk]. All tensors on one device.
+ * CPU accumulates in f64; CUDA in f32 and supports D in {8,16,32,64,128,256}.
+ */
+typedef struct kvs_attention_params {
+  float scale; /* must be finite */
+  int32_t causal;
+  const kvs_tensor* kv_lengths;  /* NULL: all Tk keys valid */
+  const kvs_tensor* log_weights; /* NULL: no per-key bias */
+} kvs_attention_params;
+
+kvs_status kvs_attention(const kvs_tensor* q, const kvs_tensor* k, const kvs_tensor* v,
+                         const kvs_attention_params* params, const kvs_tensor* out,
+                         const kvs_tensor* lse, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVSQUASH_H */

@@ -1,0 +1,9 @@
+/**
+ * kvsquash: KV-cache compression kernels (CUDA + CPU reference) for JavaScript runtimes.
+ */
+export { Tensor, isTensor, type Shape } from './tensor.js';
+export type { Device, DeviceLike } from './device.js';
+export { DTYPES, toF16, fromF16, toBF16, fromBF16, type DType, type DTypeArrayMap, type TypedArray } from './dtype.js';
+export { KvsquashError, type ErrorCode } from './errors.js';
+export { backend, memoryStats, setCpuThreads, type BackendInfo, type CudaDeviceInfo, type MemoryStats } from './backend.js';
+export { attention, type AttentionOptions, type AttentionWithLse, type FloatDType } from './ops/attention.js';
