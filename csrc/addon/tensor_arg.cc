@@ -44,7 +44,7 @@ const kvs_tensor* TensorPins::pin(Napi::Value descriptor, const char* arg) {
     if (!data.IsTypedArray()) throw_error(env, KVS_E_DEVICE, name + ": CPU tensor without a typed array");
     Napi::TypedArray array = data.As<Napi::TypedArray>();
     Napi::ArrayBuffer buffer = array.ArrayBuffer();
-    if (buffer.Data() == nullptr && array.ByteLength() > 0)
+    if (buffer.IsDetached())
       throw_error(env, KVS_E_DISPOSED, name + ": its ArrayBuffer was detached (transferred?)");
     if (static_cast<double>(array.ByteLength()) != expected_bytes)
       throw_error(env, KVS_E_SHAPE, name + ": typed array holds " + std::to_string(array.ByteLength()) +

@@ -46,7 +46,8 @@ export async function attention(q: Tensor, k: Tensor, v: Tensor, options: Attent
   const qn = checkTensorArg(q, 'q', 4);
   const kn = checkTensorArg(k, 'k', 4, q);
   const vn = checkTensorArg(v, 'v', 4, q);
-  const { causal = false, returnLse = false, outDtype = q.dtype } = options;
+  // an integer q keeps a float default here so that the core reports q's dtype, not outDtype's
+  const { causal = false, returnLse = false, outDtype = q.dtype === 'f16' || q.dtype === 'bf16' ? q.dtype : 'f32' } = options;
   if (typeof causal !== 'boolean') fail('E_RANGE', `causal: expected a boolean, got ${describe(causal)}`);
   if (typeof returnLse !== 'boolean') fail('E_RANGE', `returnLse: expected a boolean, got ${describe(returnLse)}`);
   if (outDtype !== 'f32' && outDtype !== 'f16' && outDtype !== 'bf16')
