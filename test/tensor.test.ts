@@ -62,7 +62,7 @@ test('pointer gives the address of CPU data as a bigint', () => {
   const data = new Float32Array(16);
   const t = Tensor.from(data.subarray(4), [12]);
   const whole = Tensor.from(data, [16]);
-  assert.type(t.pointer, 'bigint');
+  assert.is(typeof t.pointer, 'bigint');
   assert.is(t.pointer - whole.pointer, 16n, 'subarray offset of 4 floats');
 });
 

@@ -36,9 +36,9 @@ export function referenceAttention(p: RefProblem): { out: Float64Array; lse: Flo
         for (let j = 0; j < visible; j++) {
           const w = Math.exp(logits[j]! - max);
           denom += w;
-          for (let d = 0; d < D; d++) out[row * D + d] += w * p.v[((b * Hkv + g) * Tk + j) * D + d]!;
+          for (let d = 0; d < D; d++) out[row * D + d] = out[row * D + d]! + w * p.v[((b * Hkv + g) * Tk + j) * D + d]!;
         }
-        for (let d = 0; d < D; d++) out[row * D + d] /= denom;
+        for (let d = 0; d < D; d++) out[row * D + d] = out[row * D + d]! / denom;
         lse[row] = max + Math.log(denom);
       }
     }
