@@ -1,0 +1,19 @@
+/** `npm run bench -- <name...> [--quick]`: runs the named benchmarks (all when none is named). */
+import { runAttentionBench } from './attention.bench.js';
+
+const benches: Record<string, (options: { quick: boolean }) => Promise<void>> = {
+  attention: runAttentionBench,
+};
+
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const names = args.filter((a) => !a.startsWith('--'));
+const unknown = names.filter((n) => !(n in benches));
+if (unknown.length > 0) {
+  console.error(`unknown benchmark(s): ${unknown.join(', ')}; known: ${Object.keys(benches).join(', ')}`);
+  process.exit(2);
+}
+for (const name of names.length > 0 ? names : Object.keys(benches)) {
+  console.log(`== ${name}`);
+  await benches[name]!({ quick });
+}
