@@ -16,6 +16,7 @@ void dispatch(const kvs_tensor& ref, const char* op, CpuImpl&& on_cpu, CudaImpl&
     return;
   }
 #ifdef KVSQUASH_WITH_CUDA
+  (void)op;
   on_cuda();
 #else
   (void)on_cuda;
