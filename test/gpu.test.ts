@@ -80,6 +80,21 @@ gpu('memoryStats follows allocations and dispose; the finalizer is only a safety
   assert.equal(memoryStats().tensors, before.tensors, 'the all-devices total agrees');
 });
 
+gpu('a forgotten CUDA tensor is freed by its finalizer after garbage collection', async () => {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  assert.ok(gc, 'npm test runs node with --expose-gc');
+  const before = memoryStats('cuda:0').bytes;
+  (() => {
+    Tensor.zeros([1 << 20], 'f32', 'cuda'); // 4 MiB, never disposed
+  })();
+  assert.is(memoryStats('cuda:0').bytes, before + 4 * (1 << 20));
+  for (let i = 0; i < 20 && memoryStats('cuda:0').bytes !== before; i++) {
+    gc!();
+    await new Promise((resolve) => setImmediate(resolve)); // finalizers run between turns
+  }
+  assert.is(memoryStats('cuda:0').bytes, before);
+});
+
 gpu('fromDevicePointer borrows memory; disposing the view frees nothing', async () => {
   const owner = await Tensor.from(new Float32Array([1, 2, 3, 4]), [4]).to('cuda');
   const stats = memoryStats();
