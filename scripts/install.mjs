@@ -47,9 +47,12 @@ function loadedBuild() {
   return probe.status === 0 ? probe.stdout.trim() : null;
 }
 
+function cmakeJsAvailable() {
+  return resolveBin('cmake-js', 'bin/cmake-js') !== null && onPath('cmake');
+}
+
 function buildWithCmakeJs(cudaMode, nvcc) {
   const cmakeJs = resolveBin('cmake-js', 'bin/cmake-js');
-  if (!cmakeJs || !onPath('cmake')) return false;
   const args = [cmakeJs, 'rebuild', `--CDKVSQUASH_CUDA=${cudaMode}`];
   if (process.env.KVSQUASH_CUDA_ARCHS) args.push(`--CDKVSQUASH_CUDA_ARCHS=${process.env.KVSQUASH_CUDA_ARCHS}`);
   const env = { ...process.env };
@@ -62,6 +65,9 @@ function buildWithNodeGyp() {
   if (npmGyp && existsSync(npmGyp)) return run(process.execPath, [npmGyp, 'rebuild']);
   const local = resolveBin('node-gyp', 'bin/node-gyp.js');
   if (local) return run(process.execPath, [local, 'rebuild']);
+  // the copy npm bundles, when npm is not the one running us
+  const bundled = join(dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
+  if (existsSync(bundled)) return run(process.execPath, [bundled, 'rebuild']);
   return onPath('node-gyp') && run('node-gyp', ['rebuild']);
 }
 
@@ -81,13 +87,15 @@ function main() {
   if (mode === 'on' && !nvcc) throw new Error('KVSQUASH_CUDA=on but nvcc was not found (set CUDACXX or CUDA_PATH)');
   if (mode === 'auto') log(nvcc ? `CUDA compiler found (${nvcc}): building with CUDA` : 'no CUDA compiler found: building CPU-only');
 
-  let built = buildWithCmakeJs(nvcc ? 'on' : 'off', nvcc);
-  if (!built && nvcc && mode === 'auto') {
+  const cmake = cmakeJsAvailable();
+  if (!cmake) log(`cmake${resolveBin('cmake-js', 'bin/cmake-js') ? '' : '-js'} not found: the CUDA build needs cmake and cmake-js`);
+  let built = cmake && buildWithCmakeJs(nvcc ? 'on' : 'off', nvcc);
+  if (!built && cmake && nvcc && mode === 'auto') {
     log('the CUDA build failed (see above): falling back to a CPU-only build');
     built = buildWithCmakeJs('off', null);
   }
   if (!built && mode !== 'on') {
-    log('cmake-js build unavailable or failed: building CPU-only with node-gyp');
+    log('building CPU-only with node-gyp');
     built = buildWithNodeGyp();
   }
   if (!built) throw new Error('could not build the native addon (see the compiler output above)');
