@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `npm test`: runs the uvu suites in test/ (TypeScript through tsx) and ends with one line,
-// "N passed, N failed, N skipped", that CI reads. Extra arguments go to uvu (a file pattern).
+// "N passed, N failed, N skipped", that CI reads. `npm test -- gpu` runs only the suites
+// whose file name contains "gpu".
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -9,7 +10,8 @@ import { fileURLToPath } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(join(root, 'package.json'));
 const uvu = join(dirname(require.resolve('uvu')), '..', 'bin.js');
-const pattern = process.argv[2] ?? '\\.test\\.ts$';
+const only = process.argv[2];
+const pattern = only ? `${only.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}[^/]*\\.test\\.ts$` : '\\.test\\.ts$';
 
 const child = spawn(process.execPath, ['--expose-gc', '--import', 'tsx', uvu, 'test', pattern], {
   cwd: root,
