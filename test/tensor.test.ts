@@ -66,6 +66,14 @@ test('pointer gives the address of CPU data as a bigint', () => {
   assert.is(t.pointer - whole.pointer, 16n, 'subarray offset of 4 floats');
 });
 
+test('SharedArrayBuffer-backed arrays work as tensors, zero-copy', async () => {
+  const shared = new Float32Array(new SharedArrayBuffer(64)).fill(1);
+  const t = Tensor.from(shared, [1, 1, 2, 8]);
+  const { attention } = await import('../lib/index.js');
+  assert.equal(Array.from(await (await attention(t, t, t)).data()), new Array(16).fill(1));
+  assert.is(typeof t.pointer, 'bigint');
+});
+
 test('memoryStats reports live device memory (zero without CUDA tensors)', () => {
   const stats = memoryStats();
   for (const key of ['bytes', 'tensors', 'peakBytes'] as const) assert.type(stats[key], 'number');

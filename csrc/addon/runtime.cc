@@ -77,10 +77,9 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
 Napi::Value HostPointer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsTypedArray()) throw_error(env, KVS_E_RANGE, "hostPointer: expected a typed array");
-  Napi::TypedArray array = info[0].As<Napi::TypedArray>();
-  auto* base = static_cast<uint8_t*>(array.ArrayBuffer().Data());
-  if (!base) throw_error(env, KVS_E_DISPOSED, "pointer: the ArrayBuffer was detached");
-  return Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(base + array.ByteOffset())));
+  uint8_t* data = typed_array_data(info[0].As<Napi::TypedArray>());
+  if (!data) throw_error(env, KVS_E_DISPOSED, "pointer: the ArrayBuffer was detached");
+  return Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(data)));
 }
 
 Napi::Value CpuThreads(const Napi::CallbackInfo& info) {

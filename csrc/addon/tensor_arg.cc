@@ -14,6 +14,17 @@ DeviceBuffer* as_device_buffer(Napi::Value value) {
   return DeviceBuffer::Unwrap(object);
 }
 
+uint8_t* typed_array_data(Napi::TypedArray array) {
+  napi_env env = array.Env();
+  void* data = nullptr;
+  napi_value buffer = nullptr;
+  NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, array, nullptr, nullptr, &data, &buffer, nullptr), nullptr);
+  bool is_array_buffer = false, detached = false;
+  NAPI_THROW_IF_FAILED(env, napi_is_arraybuffer(env, buffer, &is_array_buffer), nullptr);
+  if (is_array_buffer) NAPI_THROW_IF_FAILED(env, napi_is_detached_arraybuffer(env, buffer, &detached), nullptr);
+  return detached ? nullptr : static_cast<uint8_t*>(data);
+}
+
 const kvs_tensor* TensorPins::pin(Napi::Value descriptor, const char* arg) {
   Napi::Env env = descriptor.Env();
   const std::string name(arg);
@@ -43,14 +54,13 @@ const kvs_tensor* TensorPins::pin(Napi::Value descriptor, const char* arg) {
   if (device_index < 0) {
     if (!data.IsTypedArray()) throw_error(env, KVS_E_DEVICE, name + ": CPU tensor without a typed array");
     Napi::TypedArray array = data.As<Napi::TypedArray>();
-    Napi::ArrayBuffer buffer = array.ArrayBuffer();
-    if (buffer.IsDetached())
-      throw_error(env, KVS_E_DISPOSED, name + ": its ArrayBuffer was detached (transferred?)");
+    uint8_t* bytes = typed_array_data(array);
+    if (!bytes) throw_error(env, KVS_E_DISPOSED, name + ": its ArrayBuffer was detached (transferred?)");
     if (static_cast<double>(array.ByteLength()) != expected_bytes)
       throw_error(env, KVS_E_SHAPE, name + ": typed array holds " + std::to_string(array.ByteLength()) +
                                         " bytes, shape needs " + std::to_string(static_cast<uint64_t>(expected_bytes)));
     t.device_type = KVS_CPU;
-    t.data = static_cast<uint8_t*>(buffer.Data()) + array.ByteOffset();
+    t.data = bytes;
     refs_.push_back(Napi::Persistent(array.As<Napi::Object>()));
   } else {
     DeviceBuffer* buffer = as_device_buffer(data);

@@ -32,6 +32,10 @@ class TensorPins {
   std::vector<DeviceBuffer*> buffers_;
 };
 
+// The first byte of a typed array's elements (nullptr when its ArrayBuffer was detached).
+// Works for SharedArrayBuffer-backed arrays too.
+uint8_t* typed_array_data(Napi::TypedArray array);
+
 // Whether `value` is a DeviceBuffer of this addon instance.
 DeviceBuffer* as_device_buffer(Napi::Value value);
 
