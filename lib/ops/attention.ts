@@ -60,8 +60,9 @@ export async function attention(q: Tensor, k: Tensor, v: Tensor, options: Attent
   const logWeights = options.logWeights === undefined ? null : checkTensorArg(options.logWeights, 'logWeights', 3, q);
 
   const output = Tensor.empty(q.shape, outDtype, q.device);
-  const lse = returnLse ? Tensor.empty(q.shape.slice(0, 3), 'f32', q.device) : null;
+  let lse: Tensor<'f32'> | null = null;
   try {
+    if (returnLse) lse = Tensor.empty(q.shape.slice(0, 3), 'f32', q.device);
     await nativeCall(() => native().attention(qn, kn, vn, output[toNative]('out'), lse?.[toNative]('lse') ?? null,
       { scale, causal, kvLengths, logWeights }));
   } catch (error) {
