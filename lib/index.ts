@@ -7,3 +7,4 @@ export { DTYPES, toF16, fromF16, toBF16, fromBF16, type DType, type DTypeArrayMa
 export { KvsquashError, type ErrorCode } from './errors.js';
 export { backend, memoryStats, setCpuThreads, type BackendInfo, type CudaDeviceInfo, type MemoryStats } from './backend.js';
 export { attention, type AttentionOptions, type AttentionWithLse, type FloatDType } from './ops/attention.js';
+export { attentionScores, gaussianMerge, MergedKV, type AttentionScoresOptions, type CountOrFraction, type GaussianMergeOptions } from './ops/merge.js';

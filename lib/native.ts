@@ -58,6 +58,13 @@ export interface NativeAddon {
   copy(dst: NativeTensor, src: NativeTensor): Promise<void>;
   hostPointer(array: ArrayBufferView): bigint;
   cpuThreads(set?: number): number;
+  attentionScores(q: NativeTensor, k: NativeTensor, scores: NativeTensor, options: { scale: number; causal: boolean; window: number }): Promise<void>;
+  mergeSegments(keys: NativeTensor, scores: NativeTensor, assign: NativeTensor, lengths: NativeTensor, options: {
+    threshold: number; budget: number; protectFirst: number; protectRecent: number; protectTop: number;
+  }): Promise<void>;
+  gaussianMerge(keys: NativeTensor, values: NativeTensor, scores: NativeTensor, assign: NativeTensor, lengths: NativeTensor,
+    outKeys: NativeTensor, outValues: NativeTensor, sizes: NativeTensor, pivots: NativeTensor,
+    options: { sigma: number; valueScale: number }): Promise<void>;
   attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, out: NativeTensor, lse: NativeTensor | null,
     options: NativeAttentionOptions): Promise<void>;
 }

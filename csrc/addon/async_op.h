@@ -12,6 +12,13 @@
 
 namespace kvs::addon {
 
+// For use inside a Body: after a C entry enqueued CUDA work for tensors on ref's device,
+// waits for the library stream so the promise settles only when the results are ready.
+inline kvs_status wait_for_device(kvs_status status, const kvs_tensor* ref) {
+  if (status != KVS_OK || ref->device_type != KVS_CUDA) return status;
+  return kvs_cuda_stream_synchronize(ref->device_index, nullptr);
+}
+
 class AsyncOp : public Napi::AsyncWorker {
  public:
   using Body = std::function<kvs_status()>;

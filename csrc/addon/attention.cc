@@ -2,6 +2,7 @@
 #include "addon/async_op.h"
 #include "addon/bindings.h"
 #include "addon/errors.h"
+#include "addon/options.h"
 #include "addon/tensor_arg.h"
 
 namespace kvs::addon {
@@ -9,8 +10,7 @@ namespace {
 
 Napi::Value Attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 6 || !info[5].IsObject()) throw_error(env, KVS_E_RANGE, "attention: expected 6 arguments");
-  Napi::Object options = info[5].As<Napi::Object>();
+  Napi::Object options = options_arg(info, 5, "attention");
   TensorPins pins;
   const kvs_tensor* q = pins.pin(info[0], "q");
   const kvs_tensor* k = pins.pin(info[1], "k");
@@ -18,17 +18,12 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   const kvs_tensor* out = pins.pin(info[3], "out");
   const kvs_tensor* lse = pins.pin_optional(info[4], "lse");
   kvs_attention_params params{};
-  Napi::Value scale = options.Get("scale");
-  if (!scale.IsNumber()) throw_error(env, KVS_E_RANGE, "scale: expected a number");
-  params.scale = scale.As<Napi::Number>().FloatValue();
+  params.scale = static_cast<float>(number_option(options, "scale"));
   params.causal = options.Get("causal").ToBoolean() ? 1 : 0;
   params.kv_lengths = pins.pin_optional(options.Get("kvLengths"), "kvLengths");
   params.log_weights = pins.pin_optional(options.Get("logWeights"), "logWeights");
-  return AsyncOp::Start(env, std::move(pins), [=] {
-    const kvs_status status = kvs_attention(q, k, v, &params, out, lse, nullptr);
-    if (status != KVS_OK || q->device_type != KVS_CUDA) return status;
-    return kvs_cuda_stream_synchronize(q->device_index, nullptr);
-  });
+  return AsyncOp::Start(env, std::move(pins),
+                        [=] { return wait_for_device(kvs_attention(q, k, v, &params, out, lse, nullptr), q); });
 }
 
 }  // namespace

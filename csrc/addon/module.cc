@@ -15,6 +15,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("DeviceBuffer", device_buffer);
   register_runtime(env, exports);
   register_attention(env, exports);
+  register_merge(env, exports);
   return exports;
 }
 

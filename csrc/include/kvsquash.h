@@ -149,6 +149,62 @@ kvs_status kvs_attention(const kvs_tensor* q, const kvs_tensor* k, const kvs_ten
                          const kvs_attention_params* params, const kvs_tensor* out,
                          const kvs_tensor* lse, void* stream);
 
+/*
+ * Aggregated attention scores: scores[b,g,j] = sum over the query heads h of KV head g and
+ * over the last `window` queries i of softmax_j(scale * <q[b,h,i], k[b,g,j]>), with the
+ * causal rule of kvs_attention (queries are the last Tq positions). The usual input of the
+ * merge ops (SnapKV / H2O style). q [B,Hq,Tq,D], k [B,Hkv,Tk,D] float; scores f32 [B,Hkv,Tk].
+ */
+typedef struct kvs_attention_scores_params {
+  float scale;    /* finite */
+  int32_t causal;
+  int64_t window; /* 1..Tq: how many of the last queries observe */
+} kvs_attention_scores_params;
+
+kvs_status kvs_attention_scores(const kvs_tensor* q, const kvs_tensor* k,
+                                const kvs_attention_scores_params* params,
+                                const kvs_tensor* scores, void* stream);
+
+/*
+ * Merge segments (KVMerger's chain clustering; format in csrc/core/merge.h): splits each
+ * head's T tokens into runs of adjacent similar keys. keys [B,Hkv,T,D] float, scores f32
+ * [B,Hkv,T]. Writes assign i32 [B,Hkv,T] (token -> slot, monotone, contiguous from 0) and
+ * lengths i32 [B,Hkv] (slots per head). budget > 0 asks for exactly that many slots per
+ * head (KVS_E_RANGE when protected tokens make it unreachable); budget == 0 merges every
+ * eligible link whose cosine exceeds threshold.
+ */
+typedef struct kvs_merge_segment_params {
+  float threshold;        /* cosine threshold (threshold mode) */
+  int64_t budget;         /* slots per head, 1..T; 0 for threshold mode */
+  int64_t protect_first;  /* first tokens kept as singletons */
+  int64_t protect_recent; /* last tokens kept as singletons */
+  int64_t protect_top;    /* highest-score tokens kept as singletons */
+} kvs_merge_segment_params;
+
+kvs_status kvs_merge_segments(const kvs_tensor* keys, const kvs_tensor* scores,
+                              const kvs_merge_segment_params* params, const kvs_tensor* assign,
+                              const kvs_tensor* lengths, void* stream);
+
+/*
+ * Gaussian-kernel merge of the segments above: per slot, the pivot is the member with the
+ * largest score; member weights w_i ∝ exp(-|k_i - k_pivot|^2 / (2 sigma^2)); the merged key
+ * is sum w_i k_i, the merged value sum w_i v_i (times the slot size with value_scale
+ * PAPER). Outputs padded to Tcap >= max(lengths): out_keys/out_values [B,Hkv,Tcap,D] in the
+ * keys' dtype, sizes and pivots i32 [B,Hkv,Tcap]; padding slots hold zeros, size 0, pivot -1.
+ */
+typedef enum kvs_value_scale { KVS_VALUE_SCALE_MEAN = 0, KVS_VALUE_SCALE_PAPER = 1 } kvs_value_scale;
+
+typedef struct kvs_gaussian_merge_params {
+  float sigma;         /* > 0: fixed sigma; 0: adaptive per slot (csrc/core/merge.h) */
+  int32_t value_scale; /* kvs_value_scale */
+} kvs_gaussian_merge_params;
+
+kvs_status kvs_gaussian_merge(const kvs_tensor* keys, const kvs_tensor* values,
+                              const kvs_tensor* scores, const kvs_tensor* assign,
+                              const kvs_tensor* lengths, const kvs_gaussian_merge_params* params,
+                              const kvs_tensor* out_keys, const kvs_tensor* out_values,
+                              const kvs_tensor* sizes, const kvs_tensor* pivots, void* stream);
+
 #ifdef __cplusplus
 }
 #endif
