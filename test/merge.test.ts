@@ -181,7 +181,7 @@ test('attentionScores: column sums of the window softmax, summed over the GQA gr
       });
       const max = Math.max(...logits);
       const denom = logits.reduce((acc, x) => acc + Math.exp(x - max), 0);
-      logits.forEach((x, j) => (expected[(b * Hkv + g) * Tk + j] += Math.exp(x - max) / denom));
+      logits.forEach((x, j) => (expected[(b * Hkv + g) * Tk + j] = expected[(b * Hkv + g) * Tk + j]! + Math.exp(x - max) / denom));
     }
     assert.ok(toleranceRatio(scores, expected, 1e-6, 1e-5) <= 1, `[${B},${Hq},${Hkv},${Tq},${Tk},${D}] w${window}`);
   }
