@@ -72,20 +72,12 @@ struct AttentionArgs {
 
 // ---- device code ------------------------------------------------------------------------------
 
-// attention_key_limit (core/attention.h), which is host-only.
-static __device__ __forceinline__ int64_t visible_key_count(bool causal, int64_t kv_length, int64_t Tq,
-                                                            int64_t query) {
-  if (!causal) return kv_length;
-  const int64_t limit = query + kv_length - Tq + 1;
-  return limit < 0 ? 0 : (limit > kv_length ? kv_length : limit);
-}
-
 // Keys visible to row `row_in_head` of a KV head (0 for the padding rows of the last block).
 template <class T>
 static __device__ __forceinline__ int64_t row_key_limit(const AttentionArgs<T>& args, int64_t kv_length,
                                                         int64_t row_in_head) {
   if (row_in_head >= args.rows_per_kv_head) return 0;
-  return visible_key_count(args.causal, kv_length, args.Tq, row_in_head % args.Tq);
+  return attention_key_limit(args.causal, kv_length, args.Tq, row_in_head % args.Tq);
 }
 
 // Copies keys [first_key, first_key + keys_present) of one KV head into the K and V tiles

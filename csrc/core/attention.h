@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "core/host_device.h"
 #include "kvsquash.h"
 
 namespace kvs {
@@ -25,10 +26,10 @@ struct AttentionProblem {
   int device;                // CUDA ordinal (CUDA backend only)
 };
 
-// Last key index (exclusive) query i may see, for a head whose valid length is `len`.
-inline int64_t attention_key_limit(const AttentionProblem& p, int64_t len, int64_t i) {
-  if (!p.causal) return len;
-  const int64_t limit = i + len - p.Tq + 1;
+// How many keys (a prefix of the head's `len` valid ones) query i of Tq may see.
+KVS_HOST_DEVICE inline int64_t attention_key_limit(bool causal, int64_t len, int64_t Tq, int64_t i) {
+  if (!causal) return len;
+  const int64_t limit = i + len - Tq + 1;
   return limit < 0 ? 0 : (limit > len ? len : limit);
 }
 

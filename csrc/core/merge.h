@@ -33,13 +33,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/host_device.h"
 #include "kvsquash.h"
-
-#if defined(__CUDACC__)
-#define KVS_HOST_DEVICE __host__ __device__
-#else
-#define KVS_HOST_DEVICE
-#endif
 
 namespace kvs {
 

@@ -44,7 +44,7 @@ void attention(const AttentionProblem& p) {
       for (int64_t i = 0; i < p.Tq; ++i) {
         const int64_t row = bh * p.Tq + i;
         for (int64_t d = 0; d < D; ++d) query[d] = load(p.q, p.in_dtype, row * D + d);
-        const int64_t limit = attention_key_limit(p, len, i);
+        const int64_t limit = attention_key_limit(p.causal, len, p.Tq, i);
         double max_logit = -std::numeric_limits<double>::infinity();
         for (int64_t j = 0; j < limit; ++j) {
           double dot = 0;

@@ -6,6 +6,7 @@
 #include <numeric>
 #include <vector>
 
+#include "core/attention.h"
 #include "core/half.h"
 #include "core/merge.h"
 #include "core/parallel.h"
@@ -166,7 +167,7 @@ void attention_scores(const AttentionScoresProblem& p) {
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
         for (int64_t i = p.Tq - p.window; i < p.Tq; ++i) {
           const int64_t row = (b * p.Hq + h) * p.Tq + i;
-          const int64_t visible = p.causal ? std::clamp<int64_t>(i + p.Tk - p.Tq + 1, 0, p.Tk) : p.Tk;
+          const int64_t visible = attention_key_limit(p.causal, p.Tk, p.Tq, i);
           for (int64_t d = 0; d < D; ++d) query[d] = load(p.q, p.dtype, row * D + d);
           double max_logit = -std::numeric_limits<double>::infinity();
           for (int64_t j = 0; j < visible; ++j) {
