@@ -6,30 +6,10 @@
 #include <vector>
 
 #include "core/attention.h"
-#include "core/half.h"
 #include "core/parallel.h"
+#include "cpu/elements.h"
 
 namespace kvs::cpu {
-namespace {
-
-double load(const void* base, kvs_dtype dtype, int64_t i) {
-  switch (dtype) {
-    case KVS_F16: return half_to_float(static_cast<const uint16_t*>(base)[i]);
-    case KVS_BF16: return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
-    default: return static_cast<const float*>(base)[i];
-  }
-}
-
-void store(void* base, kvs_dtype dtype, int64_t i, double value) {
-  const float f = static_cast<float>(value);
-  switch (dtype) {
-    case KVS_F16: static_cast<uint16_t*>(base)[i] = float_to_half(f); break;
-    case KVS_BF16: static_cast<uint16_t*>(base)[i] = float_to_bf16(f); break;
-    default: static_cast<float*>(base)[i] = f;
-  }
-}
-
-}  // namespace
 
 void attention(const AttentionProblem& p) {
   const int64_t group = p.Hq / p.Hkv;
@@ -43,12 +23,12 @@ void attention(const AttentionProblem& p) {
       const int64_t kv_base = kv_head * p.Tk * D;
       for (int64_t i = 0; i < p.Tq; ++i) {
         const int64_t row = bh * p.Tq + i;
-        for (int64_t d = 0; d < D; ++d) query[d] = load(p.q, p.in_dtype, row * D + d);
+        for (int64_t d = 0; d < D; ++d) query[d] = load_float(p.q, p.in_dtype, row * D + d);
         const int64_t limit = attention_key_limit(p.causal, len, p.Tq, i);
         double max_logit = -std::numeric_limits<double>::infinity();
         for (int64_t j = 0; j < limit; ++j) {
           double dot = 0;
-          for (int64_t d = 0; d < D; ++d) dot += query[d] * load(p.k, p.in_dtype, kv_base + j * D + d);
+          for (int64_t d = 0; d < D; ++d) dot += query[d] * load_float(p.k, p.in_dtype, kv_base + j * D + d);
           double s = static_cast<double>(p.scale) * dot;
           if (p.log_weights) s += p.log_weights[kv_head * p.Tk + j];
           logits[j] = s;
@@ -60,10 +40,10 @@ void attention(const AttentionProblem& p) {
           for (int64_t j = 0; j < limit; ++j) {
             const double w = std::exp(logits[j] - max_logit);
             denom += w;
-            for (int64_t d = 0; d < D; ++d) acc[d] += w * load(p.v, p.in_dtype, kv_base + j * D + d);
+            for (int64_t d = 0; d < D; ++d) acc[d] += w * load_float(p.v, p.in_dtype, kv_base + j * D + d);
           }
         }
-        for (int64_t d = 0; d < D; ++d) store(p.out, p.out_dtype, row * D + d, denom > 0 ? acc[d] / denom : 0.0);
+        for (int64_t d = 0; d < D; ++d) store_float(p.out, p.out_dtype, row * D + d, denom > 0 ? acc[d] / denom : 0.0);
         if (p.lse) p.lse[row] = denom > 0 ? static_cast<float>(max_logit + std::log(denom))
                                           : -std::numeric_limits<float>::infinity();
       }

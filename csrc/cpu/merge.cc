@@ -7,35 +7,18 @@
 #include <vector>
 
 #include "core/attention.h"
-#include "core/half.h"
 #include "core/merge.h"
 #include "core/parallel.h"
+#include "cpu/elements.h"
 
 namespace kvs::cpu {
 namespace {
-
-float load(const void* base, kvs_dtype dtype, int64_t i) {
-  switch (dtype) {
-    case KVS_F16: return half_to_float(static_cast<const uint16_t*>(base)[i]);
-    case KVS_BF16: return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
-    default: return static_cast<const float*>(base)[i];
-  }
-}
-
-void store(void* base, kvs_dtype dtype, int64_t i, double value) {
-  const float f = static_cast<float>(value);
-  switch (dtype) {
-    case KVS_F16: static_cast<uint16_t*>(base)[i] = float_to_half(f); break;
-    case KVS_BF16: static_cast<uint16_t*>(base)[i] = float_to_bf16(f); break;
-    default: static_cast<float*>(base)[i] = f;
-  }
-}
 
 // The link cosine of merge.h, step 2: one sequential FMA chain per sum, IEEE sqrt/mul/div.
 float link_cosine(const void* keys, kvs_dtype dtype, int64_t a, int64_t b, int64_t D) {
   float dot = 0.f, na = 0.f, nb = 0.f;
   for (int64_t d = 0; d < D; ++d) {
-    const float x = load(keys, dtype, a * D + d), y = load(keys, dtype, b * D + d);
+    const float x = load_float(keys, dtype, a * D + d), y = load_float(keys, dtype, b * D + d);
     dot = std::fma(x, y, dot);
     na = std::fma(x, x, na);
     nb = std::fma(y, y, nb);
@@ -117,8 +100,8 @@ void gaussian_merge(const GaussianMergeProblem& p) {
         for (int64_t i = first; i <= last; ++i) {
           double sum = 0;
           for (int64_t d = 0; d < D; ++d) {
-            const double diff = static_cast<double>(load(p.keys, p.dtype, (token0 + i) * D + d)) -
-                                load(p.keys, p.dtype, (token0 + pivot) * D + d);
+            const double diff = static_cast<double>(load_float(p.keys, p.dtype, (token0 + i) * D + d)) -
+                                load_float(p.keys, p.dtype, (token0 + pivot) * D + d);
             sum += diff * diff;
           }
           d2[i - first] = sum;
@@ -132,14 +115,14 @@ void gaussian_merge(const GaussianMergeProblem& p) {
           const double g = sigma > 0 ? std::exp(-d2[i - first] / (2 * sigma * sigma)) : 1.0;
           weight_sum += g;
           for (int64_t d = 0; d < D; ++d) {
-            key[d] += g * load(p.keys, p.dtype, (token0 + i) * D + d);
-            value[d] += g * load(p.values, p.dtype, (token0 + i) * D + d);
+            key[d] += g * load_float(p.keys, p.dtype, (token0 + i) * D + d);
+            value[d] += g * load_float(p.values, p.dtype, (token0 + i) * D + d);
           }
         }
         const double value_factor = p.value_scale == KVS_VALUE_SCALE_PAPER ? static_cast<double>(size) : 1.0;
         for (int64_t d = 0; d < D; ++d) {
-          store(p.out_keys, p.dtype, slot * D + d, key[d] / weight_sum);
-          store(p.out_values, p.dtype, slot * D + d, value[d] / weight_sum * value_factor);
+          store_float(p.out_keys, p.dtype, slot * D + d, key[d] / weight_sum);
+          store_float(p.out_values, p.dtype, slot * D + d, value[d] / weight_sum * value_factor);
         }
         p.sizes[slot] = static_cast<int32_t>(size);
         p.pivots[slot] = static_cast<int32_t>(pivot);
@@ -147,8 +130,8 @@ void gaussian_merge(const GaussianMergeProblem& p) {
       }
       for (int64_t s = slots; s < p.Tcap; ++s) {
         for (int64_t d = 0; d < D; ++d) {
-          store(p.out_keys, p.dtype, (slot0 + s) * D + d, 0.0);
-          store(p.out_values, p.dtype, (slot0 + s) * D + d, 0.0);
+          store_float(p.out_keys, p.dtype, (slot0 + s) * D + d, 0.0);
+          store_float(p.out_values, p.dtype, (slot0 + s) * D + d, 0.0);
         }
         p.sizes[slot0 + s] = 0;
         p.pivots[slot0 + s] = -1;
@@ -168,11 +151,11 @@ void attention_scores(const AttentionScoresProblem& p) {
         for (int64_t i = p.Tq - p.window; i < p.Tq; ++i) {
           const int64_t row = (b * p.Hq + h) * p.Tq + i;
           const int64_t visible = attention_key_limit(p.causal, p.Tk, p.Tq, i);
-          for (int64_t d = 0; d < D; ++d) query[d] = load(p.q, p.dtype, row * D + d);
+          for (int64_t d = 0; d < D; ++d) query[d] = load_float(p.q, p.dtype, row * D + d);
           double max_logit = -std::numeric_limits<double>::infinity();
           for (int64_t j = 0; j < visible; ++j) {
             double dot = 0;
-            for (int64_t d = 0; d < D; ++d) dot += query[d] * load(p.k, p.dtype, (kv_head * p.Tk + j) * D + d);
+            for (int64_t d = 0; d < D; ++d) dot += query[d] * load_float(p.k, p.dtype, (kv_head * p.Tk + j) * D + d);
             logits[j] = p.scale * dot;
             max_logit = std::max(max_logit, logits[j]);
           }
