@@ -31,7 +31,8 @@ function git(command: string): string {
 
 export function environmentStamp() {
   const info = backend();
-  const dirty = git('status --porcelain') !== '';
+  // result files being written do not make the tree dirty
+  const dirty = git("status --porcelain -- . ':!bench/results'") !== '';
   return {
     date: new Date().toISOString(),
     commit: git('rev-parse --short HEAD') + (dirty ? '+dirty' : ''),
