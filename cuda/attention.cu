@@ -236,8 +236,6 @@ static __global__ void __launch_bounds__(kThreadsPerBlock) attention_kernel(cons
 
 // ---- launch -----------------------------------------------------------------------------------
 
-static bool is_16_byte_aligned(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
 template <class T, int D>
 static void launch_attention(const AttentionProblem& p, cudaStream_t stream) {
   using Layout = TileLayout<T, D>;

@@ -84,6 +84,8 @@ __device__ __forceinline__ T from_float(float value) {
   }
 }
 
+inline bool is_16_byte_aligned(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
 // Values of T held by one 16-byte vector (the unit of the kernels' vector loads).
 template <class T>
 inline constexpr int kValuesPer16Bytes = static_cast<int>(16 / sizeof(T));

@@ -699,7 +699,7 @@ static void launch_link_states(const MergeSegmentProblem& p, cudaStream_t stream
   args.D = p.D;
   args.protect_first = p.protect_first;
   args.protect_recent = p.protect_recent;
-  args.rows_16_byte_aligned = reinterpret_cast<uintptr_t>(p.keys) % 16 == 0 && p.D * sizeof(T) % 16 == 0;
+  args.rows_16_byte_aligned = is_16_byte_aligned(p.keys) && p.D * sizeof(T) % 16 == 0;
   link_state_kernel<T><<<grid_blocks(args.tokens, kLinkThreads), kLinkThreads, 0, stream>>>(args);
   KVS_CUDA_CHECK(cudaGetLastError(), "mergeSegments: launching the link kernel");
 }
