@@ -8,3 +8,4 @@ export { KvsquashError, type ErrorCode } from './errors.js';
 export { backend, memoryStats, setCpuThreads, type BackendInfo, type CudaDeviceInfo, type MemoryStats } from './backend.js';
 export { attention, type AttentionOptions, type AttentionWithLse, type FloatDType } from './ops/attention.js';
 export { attentionScores, gaussianMerge, MergedKV, type AttentionScoresOptions, type CountOrFraction, type GaussianMergeOptions } from './ops/merge.js';
+export { softMatch, ClusteredKV, type SoftMatchOptions } from './ops/softmatch.js';

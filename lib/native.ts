@@ -65,6 +65,9 @@ export interface NativeAddon {
   gaussianMerge(keys: NativeTensor, values: NativeTensor, scores: NativeTensor, assign: NativeTensor, lengths: NativeTensor,
     outKeys: NativeTensor, outValues: NativeTensor, sizes: NativeTensor, pivots: NativeTensor,
     options: { sigma: number; valueScale: number }): Promise<void>;
+  softMatch(keys: NativeTensor, values: NativeTensor, assign: NativeTensor, lengths: NativeTensor,
+    outKeys: NativeTensor | null, outValues: NativeTensor | null, sizes: NativeTensor | null, positions: NativeTensor | null,
+    options: { chunk: number; passes: number; keptPerChunk: number; threshold: number; protectFirst: number; protectRecent: number }): Promise<void>;
   attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, out: NativeTensor, lse: NativeTensor | null,
     options: NativeAttentionOptions): Promise<void>;
 }

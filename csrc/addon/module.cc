@@ -16,6 +16,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_runtime(env, exports);
   register_attention(env, exports);
   register_merge(env, exports);
+  register_softmatch(env, exports);
   return exports;
 }
 

@@ -1,7 +1,8 @@
-// Element access for the CPU kernels over f32 / f16 / bf16 storage: reads are exact in
-// float; writes round once, to nearest even.
+// Element access for the CPU kernels over f32 / f16 / bf16 storage (reads are exact in
+// float; writes round once, to nearest even), and the exact cosine the merge decisions use.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "core/half.h"
@@ -24,6 +25,21 @@ inline void store_float(void* base, kvs_dtype dtype, int64_t i, double value) {
     case KVS_BF16: static_cast<uint16_t*>(base)[i] = float_to_bf16(f); break;
     default: static_cast<float*>(base)[i] = f;
   }
+}
+
+// The link cosine of csrc/core/merge.h: sequential f32 FMA chains in ascending d, then IEEE
+// sqrt, multiply and divide. x(d) and y(d) give element d of the two rows as f32.
+template <class RowX, class RowY>
+inline float exact_cosine(int64_t D, RowX x, RowY y) {
+  float dot = 0.f, nx = 0.f, ny = 0.f;
+  for (int64_t d = 0; d < D; ++d) {
+    const float a = x(d), b = y(d);
+    dot = std::fma(a, b, dot);
+    nx = std::fma(a, a, nx);
+    ny = std::fma(b, b, ny);
+  }
+  const float denom = std::sqrt(nx) * std::sqrt(ny);
+  return denom > 0.f ? dot / denom : 0.f;
 }
 
 }  // namespace kvs::cpu

@@ -14,19 +14,6 @@
 namespace kvs::cpu {
 namespace {
 
-// The link cosine of merge.h, step 2: one sequential FMA chain per sum, IEEE sqrt/mul/div.
-float link_cosine(const void* keys, kvs_dtype dtype, int64_t a, int64_t b, int64_t D) {
-  float dot = 0.f, na = 0.f, nb = 0.f;
-  for (int64_t d = 0; d < D; ++d) {
-    const float x = load_float(keys, dtype, a * D + d), y = load_float(keys, dtype, b * D + d);
-    dot = std::fma(x, y, dot);
-    na = std::fma(x, x, na);
-    nb = std::fma(y, y, nb);
-  }
-  const float denom = std::sqrt(na) * std::sqrt(nb);
-  return denom > 0.f ? dot / denom : 0.f;
-}
-
 // Indices of the m largest keys (ties: lower index first).
 std::vector<int64_t> top_indices(const std::vector<uint32_t>& keys, const std::vector<int64_t>& candidates, int64_t m) {
   std::vector<int64_t> order = candidates;
@@ -61,7 +48,9 @@ void merge_segments(const MergeSegmentProblem& p) {
       candidates.clear();
       for (int64_t i = 1; i < T; ++i) {
         if (is_protected[i - 1] || is_protected[i]) continue;
-        const float cos = link_cosine(p.keys, p.dtype, token0 + i - 1, token0 + i, p.D);
+        const float cos = exact_cosine(
+            p.D, [&](int64_t d) { return load_float(p.keys, p.dtype, (token0 + i - 1) * p.D + d); },
+            [&](int64_t d) { return load_float(p.keys, p.dtype, (token0 + i) * p.D + d); });
         if (p.budget == 0) {
           merged[i] = cos > p.threshold;
         } else {

@@ -205,6 +205,31 @@ kvs_status kvs_gaussian_merge(const kvs_tensor* keys, const kvs_tensor* values,
                               const kvs_tensor* out_keys, const kvs_tensor* out_values,
                               const kvs_tensor* sizes, const kvs_tensor* pivots, void* stream);
 
+/*
+ * Chunked soft matching (after Chelsea / CentroidKV; definitions in csrc/core/softmatch.h):
+ * per chunk of `chunk` tokens, alternating even -> odd bipartite matching of similar keys,
+ * merged into size-weighted centroids over `passes` passes. keys/values [B,H,T,D] float.
+ * Writes assign i32 [B,H,T] and lengths i32 [B,H]; with out_keys non-NULL also out_keys,
+ * out_values [B,H,Tcap,D] (keys' dtype), sizes and positions i32 [B,H,Tcap] (position = the
+ * largest member token index). Every output is identical on CPU and CUDA.
+ * kept_per_chunk > 0: each full chunk ends with exactly that many clusters (KVS_E_RANGE when
+ * `passes` cannot get there); kept_per_chunk == 0: edges merge when their cosine exceeds
+ * threshold.
+ */
+typedef struct kvs_soft_match_params {
+  int64_t chunk;          /* even, >= 2 */
+  int32_t passes;         /* 1..16 */
+  int64_t kept_per_chunk; /* budget mode: 1..chunk; 0 for threshold mode */
+  float threshold;
+  int64_t protect_first, protect_recent;
+} kvs_soft_match_params;
+
+kvs_status kvs_soft_match(const kvs_tensor* keys, const kvs_tensor* values,
+                          const kvs_soft_match_params* params, const kvs_tensor* assign,
+                          const kvs_tensor* lengths, const kvs_tensor* out_keys,
+                          const kvs_tensor* out_values, const kvs_tensor* sizes,
+                          const kvs_tensor* positions, void* stream);
+
 #ifdef __cplusplus
 }
 #endif
