@@ -1,100 +1,34 @@
 /**
  * gaussianMerge: quality on the real KV dumps and speed at 32K tokens.
  *
- * Quality: for each story and layer, the prefix (all but the last 64 tokens) is compressed to
- * 50% / 25% / 12.5% of its tokens; the last 64 queries then attend causally over the
- * compressed prefix plus the 64 recent tokens kept raw. Reported: relative L2 error of those
- * attention outputs against the uncompressed cache, averaged over layers and stories, for
- * Gaussian merging (with log(size) weights), eviction (keep the top-score tokens) and
- * uniform dropping (keep every k-th token), all at the same kept-token count.
+ * Quality: the protocol of bench/common/prefix-quality.ts at 50% / 25% / 12.5% of the
+ * prefix, for Gaussian merging (with log(size) weights) beside eviction and uniform dropping.
  * Speed: merge time at 32K tokens x 8 KV heads x 128 beside dense causal prefill attention
  * (32 query heads) on the same device; the target is < 10% (CUDA only: the CPU dense
  * reference at 32K takes minutes, so only the merge is timed there).
  */
-import { attention, attentionScores, backend, gaussianMerge, Tensor, toF16, type Device } from '../lib/index.js';
+import { attention, backend, gaussianMerge, Tensor, toF16, type Device } from '../lib/index.js';
 import { randomArray, rng } from '../test/helpers/random.js';
-import { concatTokens, gatherTokens, range, relativeL2, toHost, type HostKV } from './common/kv-host.js';
-import { readNpy } from './common/npy.js';
+import { evictTopScore, prefixQuality, uniformDrop, type PrefixMethod } from './common/prefix-quality.js';
 import { environmentStamp, medianMs, printTable, writeResult } from './common/report.js';
-import { kvDumps, layerFile } from './common/shared-data.js';
-
-const RECENT = 64;
-const RATIOS = [0.5, 0.25, 0.125];
 
 // Gaussian variants: KVMerger protects its top-score tokens; 45% of the kept slots keeps the
 // budget reachable (each protected token can split a run, and every run needs a slot).
-const METHODS = ['gaussianMerge', 'gaussianMerge +top45%', 'gaussianMerge adaptive +top45%', 'evict top-score', 'uniform drop'] as const;
-type Method = (typeof METHODS)[number];
-
-async function compressedOutput(method: Method, q: Tensor, k: HostKV, v: HostKV, scores: Float32Array, kept: number): Promise<Float32Array> {
-  const [B, H, T, D] = k.shape, prefix = T - RECENT;
-  const recent = (kv: HostKV) => toHost(gatherTokens(kv, () => range(prefix, T)));
-  const [kRecent, vRecent] = await Promise.all([recent(k), recent(v)]);
-  // the last RECENT queries of each query head
-  const qAll = (await q.data()) as Float32Array, Hq = q.shape[1]!;
-  const qLast = new Float32Array(B * Hq * RECENT * D);
-  for (let h = 0; h < B * Hq; h++) qLast.set(qAll.subarray((h * T + prefix) * D, (h * T + T) * D), h * RECENT * D);
-  const queries = Tensor.from(qLast, [B, Hq, RECENT, D]);
-
-  let kPrefix: Tensor, vPrefix: Tensor, logWeights: Float32Array | null = null;
-  if (method.startsWith('gaussianMerge')) {
-    const prefixK = gatherTokens(k, () => range(0, prefix)), prefixV = gatherTokens(v, () => range(0, prefix));
-    const prefixScores = Tensor.from(Float32Array.from({ length: B * H * prefix }, (_, i) => scores[Math.floor(i / prefix) * T + (i % prefix)]!), [B, H, prefix]);
-    const merged = await gaussianMerge(prefixK, prefixV, prefixScores, {
-      budget: kept, protect: { first: 1, topScore: method.endsWith('+top45%') ? Math.floor(0.45 * kept) : 0 },
-      sigma: method.includes('adaptive') ? 'adaptive' : 5,
+function gaussian(topScore: number, sigma: number | 'adaptive'): PrefixMethod {
+  return async ({ keys, values, scores, prefix }, kept) => {
+    const [B, H] = keys.shape as [number, number];
+    const merged = await gaussianMerge(keys, values, Tensor.from(scores, [B, H, prefix]), {
+      budget: kept, protect: { first: 1, topScore: Math.floor(topScore * kept) }, sigma,
     });
-    kPrefix = merged.keys;
-    vPrefix = merged.values;
-    logWeights = (await (await merged.logWeights()).data()) as Float32Array;
-  } else {
-    const pick = method === 'evict top-score'
-      ? (head: number) => range(0, prefix).sort((a, b) => scores[head * T + b]! - scores[head * T + a]! || a - b).slice(0, kept).sort((a, b) => a - b)
-      : () => range(0, kept).map((i) => Math.floor((i * prefix) / kept));
-    kPrefix = gatherTokens(k, pick);
-    vPrefix = gatherTokens(v, pick);
-  }
-  const keys = concatTokens(await toHost(kPrefix), kRecent), values = concatTokens(await toHost(vPrefix), vRecent);
-  const weights = new Float32Array(B * H * (kept + RECENT));
-  if (logWeights) for (let head = 0; head < B * H; head++) weights.set(logWeights.subarray(head * kept, (head + 1) * kept), head * (kept + RECENT));
-  const out = await attention(queries, keys, values, { causal: true, logWeights: Tensor.from(weights, [B, H, kept + RECENT]) });
-  return (await out.data()) as Float32Array;
+    return { keys: merged.keys, values: merged.values, logWeights: (await (await merged.logWeights()).data()) as Float32Array };
+  };
 }
 
-async function quality(): Promise<Record<string, string | number>[]> {
-  const dumps = kvDumps();
-  if (dumps.length === 0) {
-    console.log('(quality: ../shared/data/kv is absent, skipped)');
-    return [];
-  }
-  const errors = new Map<string, number[]>();
-  for (const { dir, layers } of dumps) {
-    for (const layer of layers) {
-      const q = readNpy(layerFile(dir, layer, 'q')), kT = readNpy(layerFile(dir, layer, 'k')), vT = readNpy(layerFile(dir, layer, 'v'));
-      const T = kT.shape[2]!;
-      const dense = (await (await attention(q, kT, vT, { causal: true })).data()) as Float32Array;
-      const B = q.shape[0]!, Hq = q.shape[1]!, D = q.shape[3]!;
-      const denseLast = new Float32Array(B * Hq * RECENT * D);
-      for (let h = 0; h < B * Hq; h++) denseLast.set(dense.subarray((h * T + T - RECENT) * D, (h * T + T) * D), h * RECENT * D);
-      const scores = (await (await attentionScores(q, kT, { window: RECENT })).data()) as Float32Array;
-      const [k, v] = await Promise.all([toHost(kT), toHost(vT)]);
-      for (const ratio of RATIOS) {
-        const kept = Math.round(ratio * (T - RECENT));
-        for (const method of METHODS) {
-          const out = await compressedOutput(method, q, k, v, scores, kept);
-          const key = `${ratio}|${method}`;
-          errors.set(key, [...(errors.get(key) ?? []), relativeL2(out, denseLast)]);
-        }
-      }
-    }
-  }
-  const rows = [...errors.entries()].map(([key, list]) => {
-    const [ratio, method] = key.split('|');
-    return { 'kept (of prefix)': `${Number(ratio) * 100}%`, method: method!, 'rel L2 error (mean)': list.reduce((a, b) => a + b, 0) / list.length, 'worst layer': Math.max(...list), layers: list.length };
-  });
-  printTable(rows);
-  return rows;
-}
+export const GAUSSIAN_METHODS: Record<string, PrefixMethod> = {
+  gaussianMerge: gaussian(0, 5),
+  'gaussianMerge +top45%': gaussian(0.45, 5),
+  'gaussianMerge adaptive +top45%': gaussian(0.45, 'adaptive'),
+};
 
 async function speed(device: Device): Promise<Record<string, string | number>[]> {
   const B = 1, Hkv = 8, Hq = 32, T = 32768, D = 128, dtype = device === 'cpu' ? 'f32' : 'f16';
@@ -125,7 +59,7 @@ async function speed(device: Device): Promise<Record<string, string | number>[]>
 
 export async function runMergeBench(options: { quick?: boolean } = {}): Promise<void> {
   const stamp = environmentStamp();
-  const qualityRows = await quality();
+  const qualityRows = await prefixQuality({ ...GAUSSIAN_METHODS, 'evict top-score': evictTopScore, 'uniform drop': uniformDrop });
   const info = backend();
   const devices: Device[] = options.quick ? [] : ['cpu'];
   if (info.cuda.available) devices.push('cuda:0');

@@ -1,10 +1,12 @@
 /** `npm run bench -- <name...> [--quick]`: runs the named benchmarks (all when none is named). */
 import { runAttentionBench } from './attention.bench.js';
 import { runMergeBench } from './merge.bench.js';
+import { runSoftMatchBench } from './softmatch.bench.js';
 
 const benches: Record<string, (options: { quick: boolean }) => Promise<void>> = {
   attention: runAttentionBench,
   merge: runMergeBench,
+  softmatch: runSoftMatchBench,
 };
 
 const args = process.argv.slice(2);
