@@ -124,6 +124,16 @@ __device__ __forceinline__ void store_float_as(void* base, kvs_dtype dtype, int6
   }
 }
 
+// ---- launch geometry ------------------------------------------------------------------------
+
+constexpr int64_t kMaxGridBlocks = INT32_MAX;  // larger problems loop inside the kernels (grid-stride)
+
+// Blocks for `items` at `items_per_block`, capped at what a 1-D grid allows.
+inline unsigned grid_blocks(int64_t items, int64_t items_per_block) {
+  const int64_t blocks = (items + items_per_block - 1) / items_per_block;
+  return static_cast<unsigned>(blocks < kMaxGridBlocks ? blocks : kMaxGridBlocks);
+}
+
 // ---- dispatch: run-time values -> template arguments ----------------------------------------
 
 template <class T>

@@ -23,6 +23,7 @@
 #include <string>
 
 #include "common.cuh"
+#include "scratch.cuh"
 #include "core/attention.h"
 #include "core/cuda_runtime.h"
 #include "core/error.h"
@@ -33,7 +34,6 @@ namespace kvs::cuda {
 namespace {
 
 constexpr int kWarpSize = 32;
-constexpr int64_t kMaxGridBlocks = INT32_MAX;  // larger grids loop (grid-stride)
 
 // Link state words. score_order never produces them: its largest key is +inf's 0xff800000.
 constexpr uint32_t kIneligible = 0xffffffffu;
@@ -628,66 +628,11 @@ static __global__ void __launch_bounds__(kScoreThreads) column_scores_kernel(con
 
 // ---- launch -----------------------------------------------------------------------------------------
 
-static unsigned grid_blocks(int64_t items, int64_t items_per_block) {
-  return static_cast<unsigned>(std::min((items + items_per_block - 1) / items_per_block, kMaxGridBlocks));
-}
-
 static void check_head_dim(int64_t D, const char* op) {
   if (D > kMaxHeadDim)
     throw Error(KVS_E_UNSUPPORTED, std::string(op) + ": head dim " + std::to_string(D) +
                                        " is not supported on CUDA (at most " + std::to_string(kMaxHeadDim) + ")");
 }
-
-// Scratch for one call's kernels, freed in stream order after them: with the stream-ordered
-// allocator where the device has memory pools (no host wait), else with the accounted
-// allocator after waiting for the stream. The destructor frees it on an exception path.
-class StreamScratch {
- public:
-  StreamScratch(size_t bytes, int device, cudaStream_t stream, const std::string& what)
-      : device_(device), stream_(stream) {
-    int pools = 0;
-    KVS_CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device),
-                   what + ": querying memory pool support");
-    stream_ordered_ = pools != 0;
-    if (stream_ordered_) {
-      KVS_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream),
-                     what + ": allocating " + std::to_string(bytes) + " bytes of scratch");
-    } else {
-      ptr_ = cuda::malloc(device, bytes);
-    }
-  }
-  StreamScratch(const StreamScratch&) = delete;
-  StreamScratch& operator=(const StreamScratch&) = delete;
-  ~StreamScratch() {
-    try {
-      release();
-    } catch (...) {
-      // already failing; the context is most likely unusable
-    }
-  }
-
-  void* get() const { return ptr_; }
-
-  // Frees the memory once the work queued so far on the stream is done.
-  void release() {
-    void* ptr = ptr_;
-    if (!ptr) return;
-    ptr_ = nullptr;
-    if (stream_ordered_) {
-      KVS_CUDA_CHECK(cudaFreeAsync(ptr, stream_), "freeing scratch memory");
-      return;
-    }
-    const cudaError_t waited = cudaStreamSynchronize(stream_);
-    cuda::free(device_, ptr);
-    KVS_CUDA_CHECK(waited, "waiting for the stream before freeing scratch memory");
-  }
-
- private:
-  void* ptr_ = nullptr;
-  int device_;
-  cudaStream_t stream_;
-  bool stream_ordered_ = false;
-};
 
 template <class T>
 static void launch_link_states(const MergeSegmentProblem& p, cudaStream_t stream) {

@@ -12,7 +12,7 @@
 //  3. Pass p (0 <= p < passes) over the chunk's current list of n clusters (list order =
 //     position order): sources A = list entries at even indices, destinations B = odd ones.
 //     With n < 2 nothing happens. Each source a picks the destination with the largest
-//     similarity cos(k_a, k_b) (ties: lower list index); that is its edge. Edge ranking uses
+//     score_order(cos(k_a, k_b)) (ties: lower list index; NaN lowest); that is its edge. Edge ranking uses
 //     score_order(cos) (csrc/core/merge.h), ties to the lower source index.
 //       - budget mode: the merges[p] best edges are kept (merges[p] <= |A|, the same for
 //         every full chunk; csrc/core/softmatch_api.cc derives it from the kept count);
@@ -20,13 +20,15 @@
 //     Each destination absorbs its kept sources: the members (b and those sources) in list
 //     order m_1..m_j give size S = sum s_m, position = max position_m, and for each of key
 //     and value, per dimension: acc = 0; acc = fma(s_m, x_m, acc) for m in list order;
-//     x = acc / S (f32, IEEE-rounded fma and divide). The new list keeps the destinations and
-//     the sources without a kept edge, in list order.
+//     x = acc / S (f32, IEEE-rounded fma and divide). Every entry of the new list goes
+//     through this, absorbed sources or not (so a -0 becomes +0). The new list keeps the
+//     destinations and the sources without a kept edge, in list order.
 //  4. cos(x, y): the link cosine of csrc/core/merge.h (sequential f32 FMA chains for dot and
 //     both squared norms in ascending d, then dot / (sqrt(na) * sqrt(nb)), 0 when that
 //     product is 0).
 //  5. Output slots per head, in order: the raw first tokens, each clustered chunk's final
-//     list, then the raw rest; lengths = slot count. assign[t] = slot of token t (monotone).
+//     list, then the raw rest; lengths = slot count. assign[t] = slot of token t; within a
+//     chunk it need not be monotone (a source may join a destination past the next entry).
 //     Outputs are padded to Tcap: padding slots hold zero keys/values, size 0, position -1.
 //     Keys/values are stored in the input dtype (round to nearest even from the f32 value).
 #pragma once
