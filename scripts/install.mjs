@@ -85,10 +85,9 @@ function main() {
   if (!['auto', 'on', 'off'].includes(mode)) throw new Error(`KVSQUASH_CUDA must be auto, on or off, got ${mode}`);
   const nvcc = mode === 'off' ? null : findNvcc();
   if (mode === 'on' && !nvcc) throw new Error('KVSQUASH_CUDA=on but nvcc was not found (set CUDACXX or CUDA_PATH)');
-  if (mode === 'auto') log(nvcc ? `CUDA compiler found (${nvcc}): building with CUDA` : 'no CUDA compiler found: building CPU-only');
-
   const cmake = cmakeJsAvailable();
-  if (!cmake) log(`cmake${resolveBin('cmake-js', 'bin/cmake-js') ? '' : '-js'} not found: the CUDA build needs cmake and cmake-js`);
+  if (nvcc && !cmake) log(`CUDA compiler found (${nvcc}), but ${resolveBin('cmake-js', 'bin/cmake-js') ? 'cmake' : 'cmake-js'} is missing: the CUDA build needs both`);
+  else if (mode === 'auto') log(nvcc ? `CUDA compiler found (${nvcc}): building with CUDA` : 'no CUDA compiler found: building CPU-only');
   let built = cmake && buildWithCmakeJs(nvcc ? 'on' : 'off', nvcc);
   if (!built && cmake && nvcc && mode === 'auto') {
     log('the CUDA build failed (see above): falling back to a CPU-only build');
