@@ -473,7 +473,8 @@ static size_t place_chunk_rows(const SoftMatchProblem& p, SoftMatchArgs<T>& args
   if (shared_bytes + static_bytes <= static_cast<size_t>(optin)) {
     args.row_stride = shared_stride;
     chunk_blocks = grid_blocks(items, 1);
-    if (shared_bytes > kSharedMemoryWithoutOptIn) {
+    // the 48 KiB default covers static + dynamic shared memory together
+    if (shared_bytes + static_bytes > kSharedMemoryWithoutOptIn) {
       KVS_CUDA_CHECK(cudaFuncSetAttribute(plan_chunks_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(shared_bytes)),
                      "softMatch: raising the plan kernel's shared memory limit");

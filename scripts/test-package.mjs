@@ -18,7 +18,8 @@ const check = (name, ok, detail = '') => {
   console.log(`${ok ? 'ok  ' : 'FAIL'} ${name}${detail ? `: ${detail}` : ''}`);
 };
 const sh = (command, args, options = {}) => spawnSync(command, args, { encoding: 'utf8', ...options });
-const npm = (args, cwd, env = {}) => sh('npm', args, { cwd, env: { ...process.env, ...env } });
+// installs see a user's environment: CUDA auto-detection, not CI's KVSQUASH_CUDA=on
+const npm = (args, cwd, env = {}) => sh('npm', args, { cwd, env: { ...process.env, KVSQUASH_CUDA: 'auto', ...env } });
 
 try {
   const prebuild = join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'kvsquash.node');
