@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "core/half.h"
 #include "kvsquash.h"
 
 namespace kvs::cuda {
@@ -71,16 +72,17 @@ __device__ __forceinline__ float to_float(T value) {
   }
 }
 
-// Rounds to nearest, ties to even (as the CPU converters in csrc/core/half.h).
+// Rounds to nearest, ties to even with the CPU's own converters (csrc/core/half.h), so every
+// stored bit pattern, NaN payloads included, equals the CPU reference's.
 template <class T>
 __device__ __forceinline__ T from_float(float value) {
   static_assert(is_storage_type_v<T>, "storage type must be float, __half or __nv_bfloat16");
   if constexpr (std::is_same_v<T, float>) {
     return value;
   } else if constexpr (std::is_same_v<T, __half>) {
-    return __float2half_rn(value);
+    return __ushort_as_half(float_to_half(value));
   } else {
-    return __float2bfloat16_rn(value);
+    return __ushort_as_bfloat16(float_to_bf16(value));
   }
 }
 

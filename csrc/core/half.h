@@ -1,27 +1,29 @@
-// IEEE binary16 and bfloat16 <-> float conversions for the CPU kernels. Float to half/bf16
-// rounds to nearest, ties to even (as __float2half_rn / __float2bfloat16_rn on CUDA), keeps
-// NaN a NaN, overflows to infinity and produces subnormals; the TypeScript converters in
-// lib/dtype.ts implement the same rules.
+// IEEE binary16 and bfloat16 <-> float conversions. Float to half/bf16 rounds to nearest,
+// ties to even, keeps NaN a NaN (sign and payload bits kept), overflows to infinity and
+// produces subnormals. The CPU kernels and the CUDA stores (cuda/common.cuh) both use these,
+// so even NaN bit patterns agree between devices; lib/dtype.ts implements the same rules.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+#include "core/host_device.h"
+
 namespace kvs {
 
-inline uint32_t float_bits(float f) {
+KVS_HOST_DEVICE inline uint32_t float_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
 }
 
-inline float bits_float(uint32_t u) {
+KVS_HOST_DEVICE inline float bits_float(uint32_t u) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
 }
 
-inline float half_to_float(uint16_t h) {
+KVS_HOST_DEVICE inline float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;
   const uint32_t mant = h & 0x3ffu;
@@ -32,7 +34,7 @@ inline float half_to_float(uint16_t h) {
   return sign ? -magnitude : magnitude;
 }
 
-inline uint16_t float_to_half(float f) {
+KVS_HOST_DEVICE inline uint16_t float_to_half(float f) {
   const uint32_t u = float_bits(f);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t abs = u & 0x7fffffffu;
@@ -57,9 +59,9 @@ inline uint16_t float_to_half(float f) {
   return sign | static_cast<uint16_t>(rebased >> 13);
 }
 
-inline float bf16_to_float(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
+KVS_HOST_DEVICE inline float bf16_to_float(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
 
-inline uint16_t float_to_bf16(float f) {
+KVS_HOST_DEVICE inline uint16_t float_to_bf16(float f) {
   const uint32_t u = float_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
   return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
