@@ -8,6 +8,7 @@ import * as assert from 'uvu/assert';
 import { attention, attentionScores, gaussianMerge, KvsquashError, Tensor, type GaussianMergeOptions } from '../lib/index.js';
 import { readNpy } from '../bench/common/npy.js';
 import { kvDumps, layerFile } from '../bench/common/shared-data.js';
+import { badInputTests } from './helpers/expect-error.js';
 import { randomArray, randomInt, rng } from './helpers/random.js';
 import { toleranceRatio } from './helpers/reference.js';
 
@@ -216,16 +217,6 @@ const bad: [string, () => Promise<unknown>, string][] = [
   ['window above Tq', () => attentionScores(f32(new Float32Array(8), [1, 1, 4, 2]), f32(new Float32Array(8), [1, 1, 4, 2]), { window: 5 }), 'E_RANGE'],
   ['scores with GQA mismatch', () => attentionScores(f32(new Float32Array(24), [1, 3, 4, 2]), f32(new Float32Array(16), [1, 2, 4, 2])), 'E_SHAPE'],
 ];
-for (const [label, run, code] of bad) {
-  test(`bad input: ${label} -> ${code}`, async () => {
-    try {
-      await run();
-      assert.unreachable('accepted');
-    } catch (error) {
-      assert.instance(error, KvsquashError, String(error));
-      assert.is((error as KvsquashError).code, code, (error as Error).message);
-    }
-  });
-}
+badInputTests(test, bad);
 
 test.run();

@@ -5,9 +5,10 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { attention, ClusteredKV, fromF16, KvsquashError, softMatch, Tensor, toF16, type SoftMatchOptions } from '../lib/index.js';
+import { attention, ClusteredKV, fromF16, softMatch, Tensor, toF16, type SoftMatchOptions } from '../lib/index.js';
 import { readNpy } from '../bench/common/npy.js';
 import { kvDumps, layerFile } from '../bench/common/shared-data.js';
+import { badInputTests } from './helpers/expect-error.js';
 import { randomArray, randomInt, rng } from './helpers/random.js';
 import { toleranceRatio } from './helpers/reference.js';
 
@@ -175,16 +176,6 @@ const bad: [string, () => Promise<unknown>, string][] = [
   ['integer keys', () => softMatch(Tensor.from(new Int32Array(320), [1, 2, 40, 4]), kv()), 'E_DTYPE'],
   ['append with another head dim', async () => (await softMatch(kv(), kv())).append(Tensor.from(new Float32Array(10), [1, 2, 1, 5]), Tensor.from(new Float32Array(10), [1, 2, 1, 5])), 'E_SHAPE'],
 ];
-for (const [label, run, code] of bad) {
-  test(`bad input: ${label} -> ${code}`, async () => {
-    try {
-      await run();
-      assert.unreachable('accepted');
-    } catch (error) {
-      assert.instance(error, KvsquashError, String(error));
-      assert.is((error as KvsquashError).code, code, (error as Error).message);
-    }
-  });
-}
+badInputTests(test, bad);
 
 test.run();
