@@ -4,9 +4,9 @@
 #include <vector>
 
 #include "core/attention.h"
-#include "core/cuda_runtime.h"
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "core/host_copy.h"
 #include "core/tensor.h"
 
 namespace kvs {
@@ -110,10 +110,7 @@ extern "C" kvs_status kvs_attention(const kvs_tensor* q, const kvs_tensor* k, co
                                                 "256; got " + std::to_string(p.D));
           if (p.kv_lengths) {
             // lengths are few; checking them on the host keeps one error path for both devices
-            std::vector<int32_t> host(static_cast<size_t>(length_count));
-            kvs::cuda::memcpy(host.data(), p.kv_lengths, host.size() * sizeof(int32_t), KVS_COPY_DEVICE_TO_HOST,
-                              p.device, stream);
-            kvs::cuda::synchronize(p.device, stream);
+            const std::vector<int32_t> host = kvs::copy_i32_to_host(*params->kv_lengths, stream);
             kvs::check_lengths_in_range(host.data(), length_count, p.Tk);
           }
           kvs::cuda::attention(p, stream);

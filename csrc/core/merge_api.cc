@@ -4,31 +4,14 @@
 #include <string>
 #include <vector>
 
-#include "core/cuda_runtime.h"
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "core/host_copy.h"
 #include "core/merge.h"
 #include "core/tensor.h"
 
 namespace kvs {
 namespace {
-
-// Small i32 tensors (lengths, assign) the checks need on the host, wherever they live.
-std::vector<int32_t> host_copy(const kvs_tensor& t, void* stream) {
-  std::vector<int32_t> host(static_cast<size_t>(numel(t)));
-  if (t.device_type == KVS_CPU) {
-    const auto* data = static_cast<const int32_t*>(t.data);
-    host.assign(data, data + host.size());
-    return host;
-  }
-#ifdef KVSQUASH_WITH_CUDA
-  cuda::memcpy(host.data(), t.data, host.size() * sizeof(int32_t), KVS_COPY_DEVICE_TO_HOST, t.device_index, stream);
-  cuda::synchronize(t.device_index, stream);
-#else
-  (void)stream;
-#endif
-  return host;
-}
 
 // keys/values [B, H, T, D] of one float dtype; scores f32 [B, H, T]; all on keys' device.
 void check_kv(const kvs_tensor* keys, const kvs_tensor* values, const kvs_tensor* scores) {
@@ -133,7 +116,7 @@ extern "C" kvs_status kvs_merge_segments(const kvs_tensor* keys, const kvs_tenso
 #endif
     });
     if (p.budget > 0) {
-      const std::vector<int32_t> kept = host_copy(*lengths, stream);
+      const std::vector<int32_t> kept = copy_i32_to_host(*lengths, stream);
       for (size_t head = 0; head < kept.size(); ++head)
         if (kept[head] != p.budget)
           throw Error(KVS_E_RANGE, "budget: head " + std::to_string(head) + " cannot get down to " + std::to_string(p.budget) +
@@ -168,7 +151,7 @@ extern "C" kvs_status kvs_gaussian_merge(const kvs_tensor* keys, const kvs_tenso
       throw Error(KVS_E_RANGE, "sigma: expected a finite number > 0 (or 0 for adaptive)");
     if (params->value_scale != KVS_VALUE_SCALE_MEAN && params->value_scale != KVS_VALUE_SCALE_PAPER)
       throw Error(KVS_E_RANGE, "valueScale: expected 'mean' or 'paper'");
-    check_segments(host_copy(*assign, stream), host_copy(*lengths, stream), T, tcap);
+    check_segments(copy_i32_to_host(*assign, stream), copy_i32_to_host(*lengths, stream), T, tcap);
     const GaussianMergeProblem p{keys->data, values->data, static_cast<const float*>(scores->data),
                                  static_cast<const int32_t*>(assign->data), static_cast<const int32_t*>(lengths->data),
                                  out_keys->data, out_values->data, static_cast<int32_t*>(sizes->data),

@@ -1,12 +1,13 @@
 // kvs_soft_match: argument checks, the per-pass merge schedule of budget mode, dispatch to
 // csrc/cpu/softmatch.cc or cuda/softmatch.cu, and the Tcap check on the lengths it wrote.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
 
-#include "core/cuda_runtime.h"
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "core/host_copy.h"
 #include "core/softmatch.h"
 #include "core/tensor.h"
 
@@ -27,24 +28,6 @@ void plan_merges(SoftMatchProblem& p, int64_t kept) {
     throw Error(KVS_E_RANGE, "passes: " + std::to_string(p.passes) + " pass(es) bring a chunk of " + std::to_string(p.chunk) +
                                  " tokens down to " + std::to_string(n) + ", not to the " + std::to_string(kept) +
                                  " asked for (each pass at most halves it)");
-}
-
-int32_t max_length(const kvs_tensor& lengths, void* stream) {
-  std::vector<int32_t> host(static_cast<size_t>(numel(lengths)));
-  if (lengths.device_type == KVS_CPU) {
-    const auto* data = static_cast<const int32_t*>(lengths.data);
-    host.assign(data, data + host.size());
-  } else {
-#ifdef KVSQUASH_WITH_CUDA
-    cuda::memcpy(host.data(), lengths.data, host.size() * sizeof(int32_t), KVS_COPY_DEVICE_TO_HOST, lengths.device_index, stream);
-    cuda::synchronize(lengths.device_index, stream);
-#else
-    (void)stream;
-#endif
-  }
-  int32_t longest = 0;
-  for (int32_t n : host) longest = std::max(longest, n);
-  return longest;
 }
 
 }  // namespace
@@ -127,7 +110,8 @@ extern "C" kvs_status kvs_soft_match(const kvs_tensor* keys, const kvs_tensor* v
 #endif
     });
     if (out_keys) {
-      const int32_t longest = max_length(*lengths, stream);
+      const std::vector<int32_t> kept = copy_i32_to_host(*lengths, stream);
+      const int32_t longest = *std::max_element(kept.begin(), kept.end());
       if (longest > tcap)
         throw Error(KVS_E_SHAPE, "outKeys: " + std::to_string(longest) + " slots do not fit Tcap = " + std::to_string(tcap));
     }

@@ -27,6 +27,21 @@ inline void store_float(void* base, kvs_dtype dtype, int64_t i, double value) {
   }
 }
 
+// Padding of a head's compressed output past its `used` slots (up to tcap): zero keys and
+// values, size 0, and -1 in the per-slot index (pivot or position). Slots are relative to
+// the head's first slot `slot0`.
+inline void write_padding_slots(void* keys, void* values, int32_t* sizes, int32_t* index, kvs_dtype dtype,
+                                int64_t slot0, int64_t used, int64_t tcap, int64_t D) {
+  for (int64_t s = slot0 + used; s < slot0 + tcap; ++s) {
+    for (int64_t d = 0; d < D; ++d) {
+      store_float(keys, dtype, s * D + d, 0.0);
+      store_float(values, dtype, s * D + d, 0.0);
+    }
+    sizes[s] = 0;
+    index[s] = -1;
+  }
+}
+
 // The link cosine of csrc/core/merge.h: sequential f32 FMA chains in ascending d, then IEEE
 // sqrt, multiply and divide. x(d) and y(d) give element d of the two rows as f32.
 template <class RowX, class RowY>

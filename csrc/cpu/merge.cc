@@ -117,14 +117,7 @@ void gaussian_merge(const GaussianMergeProblem& p) {
         p.pivots[slot] = static_cast<int32_t>(pivot);
         first = last + 1;
       }
-      for (int64_t s = slots; s < p.Tcap; ++s) {
-        for (int64_t d = 0; d < D; ++d) {
-          store_float(p.out_keys, p.dtype, (slot0 + s) * D + d, 0.0);
-          store_float(p.out_values, p.dtype, (slot0 + s) * D + d, 0.0);
-        }
-        p.sizes[slot0 + s] = 0;
-        p.pivots[slot0 + s] = -1;
-      }
+      write_padding_slots(p.out_keys, p.out_values, p.sizes, p.pivots, p.dtype, slot0, slots, p.Tcap, D);
     }
   });
 }

@@ -133,16 +133,7 @@ void soft_match(const SoftMatchProblem& p) {
       }
       for (int64_t t = first + chunks * p.chunk; t < T; ++t) emit_raw(t);
       p.lengths[head] = static_cast<int32_t>(slot);
-      if (outputs) {
-        for (int64_t s = slot; s < p.Tcap; ++s) {
-          for (int64_t d = 0; d < D; ++d) {
-            store_float(p.out_keys, p.dtype, (slot0 + s) * D + d, 0.0);
-            store_float(p.out_values, p.dtype, (slot0 + s) * D + d, 0.0);
-          }
-          p.sizes[slot0 + s] = 0;
-          p.positions[slot0 + s] = -1;
-        }
-      }
+      if (outputs) write_padding_slots(p.out_keys, p.out_values, p.sizes, p.positions, p.dtype, slot0, slot, p.Tcap, D);
     }
   });
 }
