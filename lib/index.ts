@@ -9,3 +9,4 @@ export { backend, memoryStats, setCpuThreads, type BackendInfo, type CudaDeviceI
 export { attention, type AttentionOptions, type AttentionWithLse, type FloatDType } from './ops/attention.js';
 export { attentionScores, gaussianMerge, MergedKV, type AttentionScoresOptions, type CountOrFraction, type GaussianMergeOptions } from './ops/merge.js';
 export { softMatch, ClusteredKV, type SoftMatchOptions } from './ops/softmatch.js';
+export { CompressedKV } from './ops/compressed.js';

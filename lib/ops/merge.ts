@@ -6,6 +6,7 @@ import { describe, fail, nativeCall } from '../errors.js';
 import { native } from '../native.js';
 import { Tensor, toNative } from '../tensor.js';
 import { checkOptions, checkTensorArg } from './args.js';
+import { CompressedKV } from './compressed.js';
 
 export interface AttentionScoresOptions {
   /** how many of the last queries observe (SnapKV's window); default min(32, Tq) */
@@ -61,35 +62,17 @@ export interface GaussianMergeOptions {
 }
 
 /** A merged cache, padded to Tcap slots per head; feeds `attention` as kvLengths + logWeights. */
-export class MergedKV implements Disposable {
-  constructor(
-    /** merged keys [B, Hkv, Tcap, D], the input dtype */
-    readonly keys: Tensor,
-    /** merged values [B, Hkv, Tcap, D] */
-    readonly values: Tensor,
-    /** i32 [B, Hkv]: slots in use per head (attention's kvLengths) */
-    readonly lengths: Tensor<'i32'>,
-    /** i32 [B, Hkv, Tcap]: tokens per slot (0 for padding) */
-    readonly sizes: Tensor<'i32'>,
+export class MergedKV extends CompressedKV {
+  constructor(keys: Tensor, values: Tensor, lengths: Tensor<'i32'>, sizes: Tensor<'i32'>,
     /** i32 [B, Hkv, Tcap]: the pivot token of each slot (-1 for padding) */
     readonly pivots: Tensor<'i32'>,
-    /** i32 [B, Hkv, T]: the slot of each input token (monotone, contiguous) */
-    readonly assign: Tensor<'i32'>,
-  ) {}
-
-  /** f32 [B, Hkv, Tcap] = log(sizes) (0 on padding), on the cache's device: attention's logWeights. */
-  async logWeights(): Promise<Tensor<'f32'>> {
-    const sizes = await this.sizes.data();
-    const logs = Tensor.from(Float32Array.from(sizes, (s) => (s > 0 ? Math.log(s) : 0)), this.sizes.shape, 'f32');
-    return this.sizes.device === 'cpu' ? logs : logs.to(this.sizes.device);
+    /** assign is monotone and contiguous: each slot is a run of adjacent tokens */
+    assign: Tensor<'i32'>) {
+    super(keys, values, lengths, sizes, assign);
   }
 
-  dispose(): void {
-    for (const t of [this.keys, this.values, this.lengths, this.sizes, this.pivots, this.assign]) t.dispose();
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
+  protected extraTensors(): Tensor[] {
+    return [this.pivots];
   }
 }
 

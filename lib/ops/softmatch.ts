@@ -8,6 +8,7 @@ import { describe, fail, nativeCall } from '../errors.js';
 import { native } from '../native.js';
 import { Tensor, toNative } from '../tensor.js';
 import { checkOptions, checkTensorArg } from './args.js';
+import { CompressedKV } from './compressed.js';
 
 export interface SoftMatchOptions {
   /** tokens per chunk, even, 2..256 (default 32) */
@@ -81,38 +82,26 @@ function makePlan(options: SoftMatchOptions): Plan {
 }
 
 /** A clustered cache padded to Tcap slots per head; feeds `attention` as kvLengths + logWeights. */
-export class ClusteredKV implements Disposable {
+export class ClusteredKV extends CompressedKV {
   /** @internal */
   readonly plan: Plan;
 
-  constructor(
-    plan: Plan,
-    /** centroid keys [B, Hkv, Tcap, D], the input dtype */
-    readonly keys: Tensor,
-    /** centroid values [B, Hkv, Tcap, D] */
-    readonly values: Tensor,
-    /** i32 [B, Hkv]: slots in use per head */
-    readonly lengths: Tensor<'i32'>,
-    /** i32 [B, Hkv, Tcap]: tokens per slot (0 for padding) */
-    readonly sizes: Tensor<'i32'>,
+  constructor(plan: Plan, keys: Tensor, values: Tensor, lengths: Tensor<'i32'>, sizes: Tensor<'i32'>,
     /** i32 [B, Hkv, Tcap]: the largest token index among a slot's members (-1 for padding) */
     readonly positions: Tensor<'i32'>,
-    /** i32 [B, Hkv, T]: the slot of each token */
-    readonly assign: Tensor<'i32'>,
-  ) {
+    /** assign is not monotone: a token may join a later neighbour's cluster */
+    assign: Tensor<'i32'>) {
+    super(keys, values, lengths, sizes, assign);
     this.plan = plan;
+  }
+
+  protected extraTensors(): Tensor[] {
+    return [this.positions];
   }
 
   /** Tokens clustered so far. */
   get tokens(): number {
     return this.assign.shape[2]!;
-  }
-
-  /** f32 [B, Hkv, Tcap] = log(sizes) (0 on padding): attention's logWeights. */
-  async logWeights(): Promise<Tensor<'f32'>> {
-    const sizes = await this.sizes.data();
-    const logs = Tensor.from(Float32Array.from(sizes, (s) => (s > 0 ? Math.log(s) : 0)), this.sizes.shape, 'f32');
-    return this.sizes.device === 'cpu' ? logs : logs.to(this.sizes.device);
   }
 
   /**
@@ -194,14 +183,6 @@ export class ClusteredKV implements Disposable {
       await place(Tensor.from(outK, [B, H, tcap, D], keys.dtype)), await place(Tensor.from(outV, [B, H, tcap, D], keys.dtype)),
       await place(Tensor.from(lengths, [B, H])), await place(Tensor.from(sizes, [B, H, tcap])),
       await place(Tensor.from(positions, [B, H, tcap])), await place(Tensor.from(assign, [B, H, total])));
-  }
-
-  dispose(): void {
-    for (const t of [this.keys, this.values, this.lengths, this.sizes, this.positions, this.assign]) t.dispose();
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
   }
 }
 
