@@ -54,6 +54,23 @@ __device__ __forceinline__ float warp_sum(float value) {
   return value;
 }
 
+// Warp-wide argmax over (key, index) pairs: the largest key, ties to the lower index. A lane
+// without a candidate holds index kNoIndex (its key is ignored). Every lane gets the winner.
+constexpr int64_t kNoIndex = INT64_MAX;
+
+__device__ __forceinline__ void warp_argmax(uint32_t& key, int64_t& index) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const uint32_t other_key = __shfl_xor_sync(kFullWarpMask, key, offset);
+    const int64_t other_index = __shfl_xor_sync(kFullWarpMask, index, offset);
+    if (other_index != kNoIndex &&
+        (index == kNoIndex || other_key > key || (other_key == key && other_index < index))) {
+      key = other_key;
+      index = other_index;
+    }
+  }
+}
+
 // ---- storage types <-> float ----------------------------------------------------------------
 
 template <class T>

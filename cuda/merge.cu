@@ -415,24 +415,15 @@ static __global__ void __launch_bounds__(kSlotThreads) gaussian_merge_kernel(con
 
     // Pivot: the largest score_order(score), ties to the lower index.
     uint32_t best_key = 0;
-    int64_t pivot = INT64_MAX;
+    int64_t pivot = kNoIndex;
     for (int64_t i = first + lane; i < end; i += kWarpSize) {
       const uint32_t key = score_order(args.scores[token0 + i]);
-      if (pivot == INT64_MAX || key > best_key) {  // i ascends: an equal key keeps the lower index
+      if (pivot == kNoIndex || key > best_key) {  // i ascends: an equal key keeps the lower index
         best_key = key;
         pivot = i;
       }
     }
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) {
-      const uint32_t other_key = __shfl_xor_sync(kFullWarpMask, best_key, offset);
-      const int64_t other_pivot = __shfl_xor_sync(kFullWarpMask, pivot, offset);
-      if (other_pivot != INT64_MAX && (pivot == INT64_MAX || other_key > best_key ||
-                                       (other_key == best_key && other_pivot < pivot))) {
-        best_key = other_key;
-        pivot = other_pivot;
-      }
-    }
+    warp_argmax(best_key, pivot);
 
     const T* keys = args.keys + token0 * D;
     const T* values = args.values + token0 * D;

@@ -253,8 +253,8 @@ static __global__ void __launch_bounds__(kThreads) plan_chunks_kernel(const Soft
         const float* xa = rows + st.row[2 * s] * stride;
         const float norm_a = st.root_norm[2 * s];
         uint32_t best_key = 0;
-        int best_j = INT_MAX;
-        float best_cos = 0.0f;
+        int64_t best_j = kNoIndex;
+        float best_cos = 0.0f;  // of this lane's best; the winner's lane holds the winner's
         for (int j = lane; j < destinations; j += kWarpSize) {
           const float* xb = rows + st.row[2 * j + 1] * stride;
           float dot = 0.0f;
@@ -262,26 +262,18 @@ static __global__ void __launch_bounds__(kThreads) plan_chunks_kernel(const Soft
           const float denom = __fmul_rn(norm_a, st.root_norm[2 * j + 1]);
           const float cos = denom > 0.0f ? __fdiv_rn(dot, denom) : 0.0f;
           const uint32_t key = score_order(cos);
-          if (best_j == INT_MAX || key > best_key) {
+          if (best_j == kNoIndex || key > best_key) {
             best_key = key;
             best_j = j;
             best_cos = cos;
           }
         }
-#pragma unroll
-        for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) {
-          const uint32_t other_key = __shfl_xor_sync(kFullWarpMask, best_key, offset);
-          const int other_j = __shfl_xor_sync(kFullWarpMask, best_j, offset);
-          const float other_cos = __shfl_xor_sync(kFullWarpMask, best_cos, offset);
-          if (other_key > best_key || (other_key == best_key && other_j < best_j)) {
-            best_key = other_key;
-            best_j = other_j;
-            best_cos = other_cos;
-          }
-        }
+        warp_argmax(best_key, best_j);  // destinations >= 1: there is a winner
+        // the winner's own lane scored it, and kept it as that lane's best
+        const float winner_cos = __shfl_sync(kFullWarpMask, best_cos, static_cast<int>(best_j % kWarpSize));
         if (lane == 0) {
-          st.best_destination[s] = 2 * best_j + 1;
-          st.best_cos[s] = best_cos;
+          st.best_destination[s] = static_cast<int>(2 * best_j + 1);
+          st.best_cos[s] = winner_cos;
         }
       }
       __syncthreads();
