@@ -230,6 +230,105 @@ kvs_status kvs_soft_match(const kvs_tensor* keys, const kvs_tensor* values,
                           const kvs_tensor* out_values, const kvs_tensor* sizes,
                           const kvs_tensor* positions, void* stream);
 
+/*
+ * Sub-2-bit KV quantization (format and rules in csrc/core/quant.h and quant_codec.h).
+ * A cache is sink tokens and recent tokens kept in a raw dtype, and 64-token pages of codes
+ * in between; the TypeScript layer (lib/ops/quant.ts) keeps the bookkeeping. Every code,
+ * scale, outlier slot and dequantized value is identical on CPU and CUDA.
+ */
+typedef enum kvs_quant_mode {
+  KVS_QUANT_KIVI2 = 0,
+  KVS_QUANT_NUQ2 = 1,
+  KVS_QUANT_K2V1 = 2,
+  KVS_QUANT_CQ1 = 3,
+  KVS_QUANT_ROT2 = 4,
+  KVS_QUANT_ROT1_5 = 5
+} kvs_quant_mode;
+
+typedef enum kvs_rope_style { KVS_ROPE_NONE = 0, KVS_ROPE_INTERLEAVED = 1, KVS_ROPE_HALF = 2 } kvs_rope_style;
+
+typedef struct kvs_rope {
+  int32_t style;              /* kvs_rope_style */
+  const kvs_tensor* inv_freq; /* f32 [D/2]; NULL with KVS_ROPE_NONE */
+} kvs_rope;
+
+/* The static part of a quantized cache (QuantParams). Tensors are f32 on the op's device;
+ * those a mode does not use are NULL. */
+typedef struct kvs_quant_format {
+  int32_t mode;      /* kvs_quant_mode */
+  int32_t head_dim;  /* 8..256, a multiple of 8; a power of two for rot2 / rot1.5 */
+  int32_t kv_heads;
+  int32_t outliers;  /* residual slots per token vector, 0..min(8, D/4) */
+  int32_t raw_dtype; /* KVS_F16, KVS_BF16 or KVS_F32 */
+  uint64_t rotation_seed;
+  const kvs_tensor* key_codebook;          /* [4] sorted: nuq2, k2v1 */
+  const kvs_tensor* value_codebook;        /* [4] sorted: nuq2 */
+  const kvs_tensor* key_channel_zero;      /* [Hkv, D]: nuq2, k2v1, cq1 */
+  const kvs_tensor* key_channel_range;     /* [Hkv, D] */
+  const kvs_tensor* key_channel_inv_range; /* [Hkv, D], 1/range (0 where range is 0) */
+  const kvs_tensor* key_vq_codebook;       /* [Hkv, D/8, 256, 8]: cq1 */
+  const kvs_tensor* value_vq_codebook;     /* [Hkv, D/8, 256, 8]: k2v1, cq1 */
+} kvs_quant_format;
+
+/* Pages [B, Pcap, Hkv, per page]: codes u32, meta u16 (f16 bits; NULL when the codec has
+ * none), outlier index u8 and value u16 [.., 64 * outliers] (NULL when outliers == 0). */
+typedef struct kvs_quant_pages {
+  const kvs_tensor* key_codes;
+  const kvs_tensor* value_codes;
+  const kvs_tensor* key_meta;
+  const kvs_tensor* value_meta;
+  const kvs_tensor* key_outlier_index;
+  const kvs_tensor* key_outlier_value;
+  const kvs_tensor* value_outlier_index;
+  const kvs_tensor* value_outlier_value;
+} kvs_quant_pages;
+
+/* Encodes n_pages pages from tokens src_start + 64 i of keys/values [B, Hkv, Ts, D]
+ * (f32/f16/bf16) into pages page_start + i. Token j's position is positions[b, j] (i32
+ * [B, Ts]) or, with positions NULL, position_offset + j. */
+kvs_status kvs_quant_encode(const kvs_quant_format* format, const kvs_rope* rope, const kvs_tensor* keys,
+                            const kvs_tensor* values, const kvs_tensor* positions, int64_t position_offset,
+                            int64_t src_start, const kvs_quant_pages* pages, int64_t page_start, int64_t n_pages,
+                            void* stream);
+
+/* A whole cache: sink tokens, n_pages pages, then recent tokens. raw_keys / raw_values
+ * [B, Hkv, Rcap, D] in the raw dtype hold the sink tokens at [0, sink) and the recent ones
+ * at [sink, sink + recent). positions i32 [B, >= T] or NULL (position = token index). */
+typedef struct kvs_quant_cache {
+  kvs_quant_pages pages;
+  int64_t n_pages;
+  const kvs_tensor* raw_keys;
+  const kvs_tensor* raw_values;
+  int64_t sink_tokens;
+  int64_t recent_tokens;
+  const kvs_tensor* positions;
+} kvs_quant_cache;
+
+/* Dequantizes the whole cache into f32 out_keys / out_values [B, Hkv, T, D]. Keys come out
+ * post-RoPE with apply_rope, else in the convention they went in. */
+kvs_status kvs_quant_decode(const kvs_quant_format* format, const kvs_rope* rope, const kvs_quant_cache* cache,
+                            int32_t apply_rope, const kvs_tensor* out_keys, const kvs_tensor* out_values,
+                            void* stream);
+
+/* Copies count slices along `axis` from src (at src_start) to dst (at dst_start); all other
+ * dimensions equal. Float dtypes convert (one rounding, to nearest even); integer dtypes must
+ * match. src and dst may be the same tensor. */
+kvs_status kvs_copy_rows(const kvs_tensor* src, int32_t axis, int64_t src_start, const kvs_tensor* dst,
+                         int64_t dst_start, int64_t count, void* stream);
+
+/* Weighted k-means over G independent problems (definition in csrc/cpu/kmeans.cc): data f32
+ * [G, N, dim], weights f32 [G, N] (NULL: all 1), centroids f32 [G, k, dim], k <= N. dim 1 is
+ * solved exactly by sorting and starts from weighted quantiles; dim > 1 starts from seeded
+ * k-means++. CPU only for now. */
+typedef struct kvs_kmeans_params {
+  int64_t k;
+  int32_t iterations; /* upper bound on Lloyd iterations (stops early at a fixed point) */
+  uint64_t seed;
+} kvs_kmeans_params;
+
+kvs_status kvs_kmeans(const kvs_tensor* data, const kvs_tensor* weights, const kvs_kmeans_params* params,
+                      const kvs_tensor* centroids, void* stream);
+
 #ifdef __cplusplus
 }
 #endif
