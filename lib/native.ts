@@ -70,6 +70,13 @@ export interface NativeAddon {
     options: { chunk: number; passes: number; keptPerChunk: number; threshold: number; protectFirst: number; protectRecent: number }): Promise<void>;
   attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, out: NativeTensor, lse: NativeTensor | null,
     options: NativeAttentionOptions): Promise<void>;
+  /** format, rope, pages and cache are plain objects of numbers and NativeTensors (csrc/addon/quant.cc) */
+  quantEncode(format: object, rope: object, keys: NativeTensor, values: NativeTensor, positions: NativeTensor | null, pages: object,
+    options: { positionOffset: number; srcStart: number; pageStart: number; pageCount: number }): Promise<void>;
+  quantDecode(format: object, rope: object, cache: object, outKeys: NativeTensor, outValues: NativeTensor,
+    options: { applyRope: boolean }): Promise<void>;
+  copyRows(src: NativeTensor, dst: NativeTensor, options: { axis: number; srcStart: number; dstStart: number; count: number }): Promise<void>;
+  kmeans(data: NativeTensor, weights: NativeTensor | null, centroids: NativeTensor, options: { k: number; iterations: number; seed: number }): Promise<void>;
 }
 
 const require = createRequire(import.meta.url);
