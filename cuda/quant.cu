@@ -76,11 +76,20 @@ Side make_side(const QuantFormat& f, const QuantPages& pages, bool is_key) {
   return s;
 }
 
-struct EncodeArgs {
+// What both kernels read of the cache: its format, RoPE, and the two sides (keys, values).
+struct Cache {
   QuantFormat format;
   Rope rope;
-  Side side[2];  // keys, values
-  const void* src[2];
+  Side side[2];
+};
+
+Cache make_cache(const QuantFormat& f, const Rope& rope, const QuantPages& pages) {
+  return Cache{f, rope, {make_side(f, pages, true), make_side(f, pages, false)}};
+}
+
+struct EncodeArgs {
+  Cache cache;
+  const void* src[2];  // keys, values
   kvs_dtype dtype;
   const int32_t* positions;
   int64_t position_offset;
@@ -89,9 +98,7 @@ struct EncodeArgs {
 };
 
 struct DecodeArgs {
-  QuantFormat format;
-  Rope rope;
-  Side side[2];
+  Cache cache;
   const void* raw[2];
   float* out[2];
   int64_t B, T, n_pages, capacity, raw_capacity, sink;
@@ -107,7 +114,7 @@ struct DecodeArgs {
 // A warp per tile: (b, page i, head h, side, half g), half g = tokens 32 g .. 32 g + 31.
 static __global__ void __launch_bounds__(kWarpSize) encode_tile_kernel(const EncodeArgs args) {
   extern __shared__ float shared[];
-  const QuantFormat format = args.format;
+  const QuantFormat format = args.cache.format;
   const int32_t D = format.D;
   const int64_t Hkv = format.Hkv;
   float* rows = shared;
@@ -129,7 +136,7 @@ static __global__ void __launch_bounds__(kWarpSize) encode_tile_kernel(const Enc
     const int64_t h = tile / (2 * kTilesPerPage) % Hkv;
     const int64_t i = tile / (2 * kTilesPerPage * Hkv) % args.n_pages;
     const int64_t b = tile / (2 * kTilesPerPage * Hkv * args.n_pages);
-    const Side& side = args.side[which];
+    const Side& side = args.cache.side[which];
     const int64_t first = args.src_start + i * kQuantPageTokens + g * kTileTokens;  // source token of lane 0
 
     // Rows, rounded to the raw dtype; the 32 source rows are contiguous.
@@ -151,7 +158,7 @@ static __global__ void __launch_bounds__(kWarpSize) encode_tile_kernel(const Enc
     if (side.rotate) {
       const int64_t j = first + lane;
       const int64_t pos = args.positions ? args.positions[b * args.Ts + j] : args.position_offset + j;
-      apply_rope(args.rope, D, pos, false, x);
+      apply_rope(args.cache.rope, D, pos, false, x);
     }
     for (int k = lane; k < side.vector_bits; k += kWarpSize) words[k] = 0;  // the tile's words
     __syncwarp();
@@ -193,7 +200,7 @@ static __global__ void __launch_bounds__(kWarpSize) encode_tile_kernel(const Enc
 // then brought to the wanted RoPE convention and the warp stores the rows.
 static __global__ void __launch_bounds__(kWarpSize) decode_tile_kernel(const DecodeArgs args) {
   extern __shared__ float shared[];
-  const QuantFormat format = args.format;
+  const QuantFormat format = args.cache.format;
   const int32_t D = format.D;
   const int64_t Hkv = format.Hkv;
   float* rows = shared;  // followed by kQuantMaxHeadDim floats of slack (add_residuals below)
@@ -208,7 +215,7 @@ static __global__ void __launch_bounds__(kWarpSize) decode_tile_kernel(const Dec
     const int which = static_cast<int>(tile / tiles_per_head % 2);
     const int64_t bh = tile / (2 * tiles_per_head);  // b * Hkv + h
     const int64_t b = bh / Hkv, h = bh % Hkv;
-    const Side& side = args.side[which];
+    const Side& side = args.cache.side[which];
     const int count = static_cast<int>(args.T - t0 < kTileTokens ? args.T - t0 : kTileTokens);
 
     for (int e = lane; e < count * D; e += kWarpSize) {
@@ -244,7 +251,7 @@ static __global__ void __launch_bounds__(kWarpSize) decode_tile_kernel(const Dec
     if (lane < count && side.is_key) {
       const int64_t pos = args.positions ? args.positions[b * args.positions_stride + t] : t;
       const bool post_rope = in_page && side.rotate;  // pages of post-RoPE codecs; all else as given
-      if (post_rope != args.apply_rope) apply_rope(args.rope, D, pos, post_rope, x);
+      if (post_rope != args.apply_rope) apply_rope(args.cache.rope, D, pos, post_rope, x);
     }
     __syncwarp();
 
@@ -355,10 +362,7 @@ void quant_encode(const QuantEncodeProblem& p, void* stream) {
   const int64_t tiles = p.B * p.n_pages * p.format.Hkv * 2 * kTilesPerPage;
   if (tiles == 0) return;
   EncodeArgs args{};
-  args.format = p.format;
-  args.rope = p.rope;
-  args.side[0] = make_side(p.format, p.pages, true);
-  args.side[1] = make_side(p.format, p.pages, false);
+  args.cache = make_cache(p.format, p.rope, p.pages);
   args.src[0] = p.keys;
   args.src[1] = p.values;
   args.dtype = p.dtype;
@@ -386,10 +390,7 @@ void quant_decode(const QuantDecodeProblem& p, void* stream) {
   use_device(p.device);
   const auto cuda_stream = static_cast<cudaStream_t>(resolve_stream(p.device, stream));
   DecodeArgs args{};
-  args.format = p.format;
-  args.rope = p.rope;
-  args.side[0] = make_side(p.format, p.pages, true);
-  args.side[1] = make_side(p.format, p.pages, false);
+  args.cache = make_cache(p.format, p.rope, p.pages);
   args.raw[0] = p.raw_keys;
   args.raw[1] = p.raw_values;
   args.out[0] = p.out_keys;
