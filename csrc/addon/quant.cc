@@ -2,6 +2,7 @@
 //   quantEncode(format, rope, keys, values, positions|null, pages,
 //               {positionOffset, srcStart, pageStart, pageCount})
 //   quantDecode(format, rope, cache, outKeys, outValues, {applyRope})
+//   quantAttention(format, rope, cache, q, out, lse|null, {scale, causal, kvLengths?})
 //   copyRows(src, dst, {axis, srcStart, dstStart, count})
 //   kmeans(data, weights|null, centroids, {k, iterations, seed})
 // format = {mode, headDim, kvHeads, outliers, rawDtype, rotationSeed, keyCodebook?, ...},
@@ -81,12 +82,8 @@ Napi::Value QuantEncode(const Napi::CallbackInfo& info) {
   });
 }
 
-Napi::Value QuantDecode(const Napi::CallbackInfo& info) {
-  Napi::Object options = options_arg(info, 5, "dequantize");
-  TensorPins pins;
-  const kvs_quant_format format = read_format(info[0], pins);
-  const kvs_rope rope = read_rope(info[1], pins);
-  Napi::Object c = object_option(info[2], "cache");
+kvs_quant_cache read_cache(Napi::Value value, TensorPins& pins) {
+  Napi::Object c = object_option(value, "cache");
   kvs_quant_cache cache{};
   cache.n_pages = static_cast<int64_t>(number_option(c, "pageCount"));
   if (cache.n_pages > 0) cache.pages = read_pages(c.Get("pages"), pins);
@@ -95,11 +92,38 @@ Napi::Value QuantDecode(const Napi::CallbackInfo& info) {
   cache.sink_tokens = static_cast<int64_t>(number_option(c, "sinkTokens"));
   cache.recent_tokens = static_cast<int64_t>(number_option(c, "recentTokens"));
   cache.positions = pins.pin_optional(c.Get("positions"), "positions");
+  return cache;
+}
+
+Napi::Value QuantDecode(const Napi::CallbackInfo& info) {
+  Napi::Object options = options_arg(info, 5, "dequantize");
+  TensorPins pins;
+  const kvs_quant_format format = read_format(info[0], pins);
+  const kvs_rope rope = read_rope(info[1], pins);
+  const kvs_quant_cache cache = read_cache(info[2], pins);
   const kvs_tensor* out_keys = pins.pin(info[3], "outKeys");
   const kvs_tensor* out_values = pins.pin(info[4], "outValues");
   const int32_t apply_rope = options.Get("applyRope").ToBoolean() ? 1 : 0;
   return AsyncOp::Start(info.Env(), std::move(pins), [=] {
     return wait_for_device(kvs_quant_decode(&format, &rope, &cache, apply_rope, out_keys, out_values, nullptr), out_keys);
+  });
+}
+
+Napi::Value QuantAttention(const Napi::CallbackInfo& info) {
+  Napi::Object options = options_arg(info, 6, "quantizedAttention");
+  TensorPins pins;
+  const kvs_quant_format format = read_format(info[0], pins);
+  const kvs_rope rope = read_rope(info[1], pins);
+  const kvs_quant_cache cache = read_cache(info[2], pins);
+  const kvs_tensor* q = pins.pin(info[3], "q");
+  const kvs_tensor* out = pins.pin(info[4], "out");
+  const kvs_tensor* lse = pins.pin_optional(info[5], "lse");
+  kvs_quant_attention_params params{};
+  params.scale = static_cast<float>(number_option(options, "scale"));
+  params.causal = options.Get("causal").ToBoolean() ? 1 : 0;
+  params.kv_lengths = pins.pin_optional(options.Get("kvLengths"), "kvLengths");
+  return AsyncOp::Start(info.Env(), std::move(pins), [=] {
+    return wait_for_device(kvs_quant_attention(&format, &rope, &cache, q, &params, out, lse, nullptr), q);
   });
 }
 
@@ -136,6 +160,7 @@ Napi::Value Kmeans(const Napi::CallbackInfo& info) {
 void register_quant(Napi::Env env, Napi::Object exports) {
   exports.Set("quantEncode", Napi::Function::New<QuantEncode>(env, "quantEncode"));
   exports.Set("quantDecode", Napi::Function::New<QuantDecode>(env, "quantDecode"));
+  exports.Set("quantAttention", Napi::Function::New<QuantAttention>(env, "quantAttention"));
   exports.Set("copyRows", Napi::Function::New<CopyRows>(env, "copyRows"));
   exports.Set("kmeans", Napi::Function::New<Kmeans>(env, "kmeans"));
 }

@@ -142,7 +142,30 @@ struct KmeansProblem {
   int device;
 };
 
+// Attention of decode queries over a quantized cache (kvs_quant_attention). Its meaning is
+// exactly kvs_attention (csrc/core/attention.h: GQA, causal rule with the queries as the
+// last Tq positions, kv_lengths, zero row and lse -inf for a query that sees no key) over
+// the cache as quant_decode writes it with apply_rope = (rope.style != NONE), so keys are
+// post-RoPE and the queries must be too. cache.out_keys / out_values are unused.
+// Tolerances of the CUDA kernel against the CPU reference (f64 over the decoded cache),
+// quant.md 7.6: max|d out| <= 1e-3 * max|v^| + 1 output ulp, |d lse| <= 1e-4.
+struct QuantAttentionProblem {
+  QuantDecodeProblem cache;
+  const void* q;              // [B, Hq, Tq, D]
+  kvs_dtype q_dtype;          // f32, f16 or bf16
+  void* out;                  // [B, Hq, Tq, D]
+  kvs_dtype out_dtype;        // f32, f16 or bf16
+  float* lse;                 // [B, Hq, Tq] or nullptr
+  const int32_t* kv_lengths;  // [B, Hkv], each in [0, T], or nullptr (all T tokens)
+  int64_t Hq, Tq, T;          // T = sink + 64 n_pages + recent
+  float scale;
+  bool causal;
+};
+
+constexpr int kQuantAttentionMaxQueries = 16;
+
 namespace cpu {
+void quant_attention(const QuantAttentionProblem& p);
 void quant_encode(const QuantEncodeProblem& p);
 void quant_decode(const QuantDecodeProblem& p);
 void copy_rows(const CopyRowsProblem& p);
@@ -150,6 +173,7 @@ void kmeans(const KmeansProblem& p);
 }  // namespace cpu
 
 namespace cuda {
+void quant_attention(const QuantAttentionProblem& p, void* stream);
 void quant_encode(const QuantEncodeProblem& p, void* stream);
 void quant_decode(const QuantDecodeProblem& p, void* stream);
 void copy_rows(const CopyRowsProblem& p, void* stream);

@@ -7,6 +7,7 @@
 
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "core/host_copy.h"
 #include "core/quant.h"
 #include "core/quant_codec.h"
 #include "core/tensor.h"
@@ -150,61 +151,129 @@ extern "C" kvs_status kvs_quant_encode(const kvs_quant_format* format, const kvs
   });
 }
 
+namespace kvs {
+namespace {
+
+// The cache of kvs_quant_decode / kvs_quant_attention for B sequences, on ref's device.
+QuantDecodeProblem read_cache(const kvs_quant_format* format, const kvs_rope* rope, const kvs_quant_cache* cache, const kvs_tensor& ref,
+                              int64_t B) {
+  if (!cache) throw Error(KVS_E_RANGE, "quant: cache is NULL");
+  QuantDecodeProblem p{};
+  p.format = read_format(format, ref);
+  const int64_t H = p.format.Hkv, D = p.format.D;
+  p.rope = read_rope(rope, p.format.D, ref);
+  p.n_pages = cache->n_pages;
+  if (p.n_pages > 0) {
+    p.pages = read_pages(&cache->pages, p.format, B, ref);
+    check_count(p.n_pages, 0, p.pages.capacity, "pages");
+  }
+  check_count(p.n_pages, 0, INT32_MAX / kQuantPageTokens, "pages");
+  check_count(cache->sink_tokens, 0, INT32_MAX, "sink tokens");
+  check_count(cache->recent_tokens, 0, INT32_MAX, "recent tokens");
+  p.sink = cache->sink_tokens, p.recent = cache->recent_tokens;
+  const int64_t T = p.sink + p.n_pages * kQuantPageTokens + p.recent;
+  if (T == 0) throw Error(KVS_E_SHAPE, "quant: the cache holds no tokens");
+  if (p.sink + p.recent > 0) {
+    check_tensor(cache->raw_keys, "rawKeys");
+    check_dtype(*cache->raw_keys, {p.format.raw_dtype}, "rawKeys");
+    check_same_device(*cache->raw_keys, ref, "rawKeys", "keys");
+    check_shape(*cache->raw_keys, {B, H, -1, D}, "rawKeys", "[B, kvHeads, Rcap, headDim]");
+    p.raw_capacity = cache->raw_keys->shape[2];
+    check_count(p.sink + p.recent, 0, p.raw_capacity, "sink + recent tokens");
+    check_tensor(cache->raw_values, "rawValues");
+    check_dtype(*cache->raw_values, {p.format.raw_dtype}, "rawValues");
+    check_same_device(*cache->raw_values, ref, "rawValues", "keys");
+    check_shape(*cache->raw_values, {B, H, p.raw_capacity, D}, "rawValues", "[B, kvHeads, Rcap, headDim]");
+    p.raw_keys = cache->raw_keys->data, p.raw_values = cache->raw_values->data;
+  }
+  if (cache->positions) {
+    check_tensor(cache->positions, "positions");
+    check_dtype(*cache->positions, {KVS_I32}, "positions");
+    check_same_device(*cache->positions, ref, "positions", "keys");
+    check_shape(*cache->positions, {B, -1}, "positions", "[B, >= tokens]");
+    if (cache->positions->shape[1] < T) throw Error(KVS_E_SHAPE, "positions: fewer than the cache's " + str(T) + " tokens");
+    p.positions = static_cast<const int32_t*>(cache->positions->data);
+    p.positions_stride = cache->positions->shape[1];
+  }
+  p.B = B;
+  p.device = ref.device_index;
+  return p;
+}
+
+int64_t cache_tokens(const QuantDecodeProblem& p) { return p.sink + p.n_pages * kQuantPageTokens + p.recent; }
+
+}  // namespace
+}  // namespace kvs
+
 extern "C" kvs_status kvs_quant_decode(const kvs_quant_format* format, const kvs_rope* rope, const kvs_quant_cache* cache,
                                        int32_t apply_rope, const kvs_tensor* out_keys, const kvs_tensor* out_values, void* stream) {
   return guarded([&] {
-    if (!cache) throw Error(KVS_E_RANGE, "dequantize: cache is NULL");
     check_tensor(out_keys, "outKeys");
     check_rank(*out_keys, 4, "outKeys");
     check_dtype(*out_keys, {KVS_F32}, "outKeys");
-    QuantDecodeProblem p{};
-    p.format = read_format(format, *out_keys);
-    const int64_t B = out_keys->shape[0], H = p.format.Hkv, D = p.format.D;
+    QuantDecodeProblem p = read_cache(format, rope, cache, *out_keys, out_keys->shape[0]);
+    if (apply_rope && p.rope.style == KVS_ROPE_NONE) throw Error(KVS_E_RANGE, "applyRope: the cache has no RoPE to apply");
+    p.apply_rope = apply_rope != 0;
+    const int64_t T = cache_tokens(p);
+    check_shape(*out_keys, {p.B, p.format.Hkv, T, p.format.D}, "outKeys", "[B, kvHeads, tokens, headDim]");
     check_tensor(out_values, "outValues");
     check_dtype(*out_values, {KVS_F32}, "outValues");
     check_same_device(*out_values, *out_keys, "outValues", "outKeys");
-    p.rope = read_rope(rope, p.format.D, *out_keys);
-    if (apply_rope && p.rope.style == KVS_ROPE_NONE) throw Error(KVS_E_RANGE, "applyRope: the cache has no RoPE to apply");
-    p.apply_rope = apply_rope != 0;
-    p.n_pages = cache->n_pages;
-    if (p.n_pages > 0) {
-      p.pages = read_pages(&cache->pages, p.format, B, *out_keys);
-      check_count(p.n_pages, 0, p.pages.capacity, "pages");
-    }
-    check_count(cache->sink_tokens, 0, INT32_MAX, "sink tokens");
-    check_count(cache->recent_tokens, 0, INT32_MAX, "recent tokens");
-    p.sink = cache->sink_tokens, p.recent = cache->recent_tokens;
-    const int64_t T = p.sink + p.n_pages * kQuantPageTokens + p.recent;
-    check_shape(*out_keys, {B, H, T, D}, "outKeys", "[B, kvHeads, tokens, headDim]");
-    check_shape(*out_values, {B, H, T, D}, "outValues", "[B, kvHeads, tokens, headDim]");
-    if (p.sink + p.recent > 0) {
-      check_tensor(cache->raw_keys, "rawKeys");
-      check_dtype(*cache->raw_keys, {p.format.raw_dtype}, "rawKeys");
-      check_same_device(*cache->raw_keys, *out_keys, "rawKeys", "outKeys");
-      check_shape(*cache->raw_keys, {B, H, -1, D}, "rawKeys", "[B, kvHeads, Rcap, headDim]");
-      p.raw_capacity = cache->raw_keys->shape[2];
-      check_count(p.sink + p.recent, 0, p.raw_capacity, "sink + recent tokens");
-      check_tensor(cache->raw_values, "rawValues");
-      check_dtype(*cache->raw_values, {p.format.raw_dtype}, "rawValues");
-      check_same_device(*cache->raw_values, *out_keys, "rawValues", "outKeys");
-      check_shape(*cache->raw_values, {B, H, p.raw_capacity, D}, "rawValues", "[B, kvHeads, Rcap, headDim]");
-      p.raw_keys = cache->raw_keys->data, p.raw_values = cache->raw_values->data;
-    }
-    if (cache->positions) {
-      check_tensor(cache->positions, "positions");
-      check_dtype(*cache->positions, {KVS_I32}, "positions");
-      check_same_device(*cache->positions, *out_keys, "positions", "outKeys");
-      check_shape(*cache->positions, {B, -1}, "positions", "[B, >= tokens]");
-      if (cache->positions->shape[1] < T) throw Error(KVS_E_SHAPE, "positions: fewer than the cache's " + str(T) + " tokens");
-      p.positions = static_cast<const int32_t*>(cache->positions->data);
-      p.positions_stride = cache->positions->shape[1];
-    }
+    check_shape(*out_values, {p.B, p.format.Hkv, T, p.format.D}, "outValues", "[B, kvHeads, tokens, headDim]");
     p.out_keys = static_cast<float*>(out_keys->data), p.out_values = static_cast<float*>(out_values->data);
-    p.B = B;
-    p.device = out_keys->device_index;
     dispatch(*out_keys, "dequantize", [&] { cpu::quant_decode(p); }, [&] {
 #ifdef KVSQUASH_WITH_CUDA
       cuda::quant_decode(p, stream);
+#endif
+    });
+  });
+}
+
+extern "C" kvs_status kvs_quant_attention(const kvs_quant_format* format, const kvs_rope* rope, const kvs_quant_cache* cache,
+                                          const kvs_tensor* q, const kvs_quant_attention_params* params, const kvs_tensor* out,
+                                          const kvs_tensor* lse, void* stream) {
+  return guarded([&] {
+    if (!params) throw Error(KVS_E_RANGE, "quantizedAttention: params is NULL");
+    check_tensor(q, "q");
+    check_rank(*q, 4, "q");
+    check_dtype(*q, {KVS_F32, KVS_F16, KVS_BF16}, "q");
+    QuantAttentionProblem p{};
+    p.cache = read_cache(format, rope, cache, *q, q->shape[0]);
+    p.cache.apply_rope = p.cache.rope.style != KVS_ROPE_NONE;
+    const int64_t B = p.cache.B, Hkv = p.cache.format.Hkv, D = p.cache.format.D;
+    p.Hq = q->shape[1], p.Tq = q->shape[2], p.T = cache_tokens(p.cache);
+    check_shape(*q, {B, -1, -1, D}, "q", "[B, qHeads, qTokens, headDim]");
+    if (p.Hq % Hkv != 0) throw Error(KVS_E_SHAPE, "q: qHeads " + str(p.Hq) + " is not a multiple of the cache's kvHeads " + str(Hkv));
+    check_count(p.Tq, 1, kQuantAttentionMaxQueries, "q tokens (decode steps)");
+    check_tensor(out, "out");
+    check_dtype(*out, {KVS_F32, KVS_F16, KVS_BF16}, "out");
+    check_same_device(*out, *q, "out", "q");
+    check_shape(*out, {B, p.Hq, p.Tq, D}, "out", "[B, qHeads, qTokens, headDim]");
+    if (lse) {
+      check_tensor(lse, "lse");
+      check_dtype(*lse, {KVS_F32}, "lse");
+      check_same_device(*lse, *q, "lse", "q");
+      check_shape(*lse, {B, p.Hq, p.Tq}, "lse", "[B, qHeads, qTokens]");
+      p.lse = static_cast<float*>(lse->data);
+    }
+    if (params->kv_lengths) {
+      const kvs_tensor* lengths = params->kv_lengths;
+      check_tensor(lengths, "kvLengths");
+      check_dtype(*lengths, {KVS_I32}, "kvLengths");
+      check_same_device(*lengths, *q, "kvLengths", "q");
+      check_shape(*lengths, {B, Hkv}, "kvLengths", "[B, kvHeads]");
+      for (int32_t len : copy_i32_to_host(*lengths, stream))
+        if (len < 0 || len > p.T) throw Error(KVS_E_RANGE, "kvLengths: expected values in 0.." + str(p.T) + ", got " + str(len));
+      p.kv_lengths = static_cast<const int32_t*>(lengths->data);
+    }
+    if (!std::isfinite(params->scale)) throw Error(KVS_E_RANGE, "scale: expected a finite number");
+    p.scale = params->scale;
+    p.causal = params->causal != 0;
+    p.q = q->data, p.q_dtype = static_cast<kvs_dtype>(q->dtype);
+    p.out = out->data, p.out_dtype = static_cast<kvs_dtype>(out->dtype);
+    dispatch(*q, "quantizedAttention", [&] { cpu::quant_attention(p); }, [&] {
+#ifdef KVSQUASH_WITH_CUDA
+      cuda::quant_attention(p, stream);
 #endif
     });
   });

@@ -310,6 +310,23 @@ kvs_status kvs_quant_decode(const kvs_quant_format* format, const kvs_rope* rope
                             int32_t apply_rope, const kvs_tensor* out_keys, const kvs_tensor* out_values,
                             void* stream);
 
+/*
+ * Decode attention straight over a quantized cache: the meaning of kvs_attention over the
+ * cache dequantized with RoPE applied (when it has RoPE), without materializing it. q
+ * [B, Hq, Tq, D] post-RoPE, Tq 1..16 (decode steps; causal treats them as the last Tq
+ * positions), f32/f16/bf16; out [B, Hq, Tq, D] f32/f16/bf16; lse f32 [B, Hq, Tq] or NULL;
+ * kv_lengths i32 [B, Hkv] in [0, T] or NULL (ragged batches).
+ */
+typedef struct kvs_quant_attention_params {
+  float scale; /* finite */
+  int32_t causal;
+  const kvs_tensor* kv_lengths;
+} kvs_quant_attention_params;
+
+kvs_status kvs_quant_attention(const kvs_quant_format* format, const kvs_rope* rope, const kvs_quant_cache* cache,
+                               const kvs_tensor* q, const kvs_quant_attention_params* params, const kvs_tensor* out,
+                               const kvs_tensor* lse, void* stream);
+
 /* Copies count slices along `axis` from src (at src_start) to dst (at dst_start); all other
  * dimensions equal. Float dtypes convert (one rounding, to nearest even); integer dtypes must
  * match. src and dst may be the same tensor. */
