@@ -10,6 +10,6 @@ export { attention, type AttentionOptions, type AttentionWithLse, type FloatDTyp
 export { attentionScores, gaussianMerge, MergedKV, type AttentionScoresOptions, type CountOrFraction, type GaussianMergeOptions } from './ops/merge.js';
 export { softMatch, ClusteredKV, type SoftMatchOptions } from './ops/softmatch.js';
 export { CompressedKV } from './ops/compressed.js';
-export { quantize, dequantize, QuantizedKV, type QuantizeOptions, type RopeStyle } from './ops/quant.js';
+export { quantize, dequantize, quantizedAttention, QuantizedKV, type QuantizeOptions, type QuantizedAttentionOptions, type RopeStyle } from './ops/quant.js';
 export { calibrate, kmeans, QuantParams, type CalibrateOptions, type KmeansOptions, type QuantSettings, type RawDType } from './ops/quant-params.js';
 export { QUANT_MODES, type QuantMode } from './ops/quant-format.js';

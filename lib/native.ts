@@ -75,6 +75,8 @@ export interface NativeAddon {
     options: { positionOffset: number; srcStart: number; pageStart: number; pageCount: number }): Promise<void>;
   quantDecode(format: object, rope: object, cache: object, outKeys: NativeTensor, outValues: NativeTensor,
     options: { applyRope: boolean }): Promise<void>;
+  quantAttention(format: object, rope: object, cache: object, q: NativeTensor, out: NativeTensor, lse: NativeTensor | null,
+    options: { scale: number; causal: boolean; kvLengths: NativeTensor | null }): Promise<void>;
   copyRows(src: NativeTensor, dst: NativeTensor, options: { axis: number; srcStart: number; dstStart: number; count: number }): Promise<void>;
   kmeans(data: NativeTensor, weights: NativeTensor | null, centroids: NativeTensor, options: { k: number; iterations: number; seed: number }): Promise<void>;
 }

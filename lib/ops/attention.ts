@@ -3,7 +3,7 @@
  * per-head lengths and merged tokens (logWeights). The math is stated on `attention`.
  */
 import { describe, fail, nativeCall } from '../errors.js';
-import { native } from '../native.js';
+import { native, type NativeTensor } from '../native.js';
 import { Tensor, toNative } from '../tensor.js';
 import { checkOptions, checkTensorArg } from './args.js';
 
@@ -46,25 +46,35 @@ export async function attention(q: Tensor, k: Tensor, v: Tensor, options: Attent
   const qn = checkTensorArg(q, 'q', 4);
   const kn = checkTensorArg(k, 'k', 4, q);
   const vn = checkTensorArg(v, 'v', 4, q);
+  const settings = attentionSettings(q, options);
+  const logWeights = options.logWeights === undefined ? null : checkTensorArg(options.logWeights, 'logWeights', 3, q);
+  return withAttentionOutputs(q, settings, (out, lse) => native().attention(qn, kn, vn, out, lse,
+    { scale: settings.scale, causal: settings.causal, kvLengths: settings.kvLengths, logWeights }));
+}
+
+/** @internal the options every attention op shares, checked, with their defaults. */
+export function attentionSettings(q: Tensor, options: Omit<AttentionOptions, 'logWeights'>) {
   // an integer q keeps a float default here so that the core reports q's dtype, not outDtype's
   const { causal = false, returnLse = false, outDtype = q.dtype === 'f16' || q.dtype === 'bf16' ? q.dtype : 'f32' } = options;
   if (typeof causal !== 'boolean') fail('E_RANGE', `causal: expected a boolean, got ${describe(causal)}`);
   if (typeof returnLse !== 'boolean') fail('E_RANGE', `returnLse: expected a boolean, got ${describe(returnLse)}`);
   if (outDtype !== 'f32' && outDtype !== 'f16' && outDtype !== 'bf16')
     fail('E_DTYPE', `outDtype: expected 'f32', 'f16' or 'bf16', got ${describe(outDtype)}`);
-  const headDim = q.shape[3]!;
-  const scale = options.scale ?? 1 / Math.sqrt(headDim);
+  const scale = options.scale ?? 1 / Math.sqrt(q.shape[3]!);
   if (typeof scale !== 'number' || !Number.isFinite(scale))
     fail('E_RANGE', `scale: expected a finite number, got ${describe(scale)}`);
   const kvLengths = options.kvLengths === undefined ? null : checkTensorArg(options.kvLengths, 'kvLengths', 2, q);
-  const logWeights = options.logWeights === undefined ? null : checkTensorArg(options.logWeights, 'logWeights', 3, q);
+  return { causal, returnLse, outDtype, scale, kvLengths };
+}
 
-  const output = Tensor.empty(q.shape, outDtype, q.device);
+/** @internal allocates out (and lse), runs `op` on their native views, frees them on failure. */
+export async function withAttentionOutputs(q: Tensor, settings: ReturnType<typeof attentionSettings>,
+  op: (out: NativeTensor, lse: NativeTensor | null) => Promise<void>): Promise<Tensor | AttentionWithLse> {
+  const output = Tensor.empty(q.shape, settings.outDtype, q.device);
   let lse: Tensor<'f32'> | null = null;
   try {
-    if (returnLse) lse = Tensor.empty(q.shape.slice(0, 3), 'f32', q.device);
-    await nativeCall(() => native().attention(qn, kn, vn, output[toNative]('out'), lse?.[toNative]('lse') ?? null,
-      { scale, causal, kvLengths, logWeights }));
+    if (settings.returnLse) lse = Tensor.empty(q.shape.slice(0, 3), 'f32', q.device);
+    await nativeCall(() => op(output[toNative]('out'), lse?.[toNative]('lse') ?? null));
   } catch (error) {
     output.dispose();
     lse?.dispose();

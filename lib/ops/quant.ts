@@ -8,7 +8,8 @@ import { DTYPES, type DType } from '../dtype.js';
 import { describe, fail, nativeCall } from '../errors.js';
 import { native, type NativeTensor } from '../native.js';
 import { Tensor, isTensor, toNative, type Shape } from '../tensor.js';
-import { checkOptions } from './args.js';
+import { checkOptions, checkTensorArg } from './args.js';
+import { attentionSettings, withAttentionOutputs, type AttentionOptions, type AttentionWithLse } from './attention.js';
 import { keyCodec, metaPerPage, PAGE_TOKENS, pageBytes, valueCodec, wordsPerPage } from './quant-format.js';
 import { QuantParams } from './quant-params.js';
 
@@ -135,6 +136,15 @@ export class QuantizedKV implements Disposable {
     const out: Record<string, NativeTensor> = {};
     for (const [name, t] of Object.entries(this.pages)) out[name] = t[toNative](name);
     return out;
+  }
+
+  /** @internal the addon's kvs_quant_cache */
+  nativeCache(): object {
+    return {
+      pages: this.pageCount > 0 ? this.nativePages() : undefined, pageCount: this.pageCount,
+      rawKeys: this.rawKeys[toNative]('rawKeys'), rawValues: this.rawValues[toNative]('rawValues'),
+      sinkTokens: this.sinkCount, recentTokens: this.recentCount, positions: this.positions ? this.positions[toNative]('positions') : undefined,
+    };
   }
 
   #ropeUpload: Tensor<'f32'> | null = null;
@@ -336,17 +346,36 @@ export async function dequantize(qkv: QuantizedKV, options: { applyRope?: boolea
   const keys = Tensor.empty(shape, 'f32', qkv.device), values = Tensor.empty(shape, 'f32', qkv.device);
   try {
     const format = await qkv.params.nativeFormat(qkv.device);
-    const cache = {
-      pages: qkv.pageCount > 0 ? qkv.nativePages() : undefined, pageCount: qkv.pageCount,
-      rawKeys: qkv.rawKeys[toNative]('rawKeys'), rawValues: qkv.rawValues[toNative]('rawValues'),
-      sinkTokens: qkv.sinkCount, recentTokens: qkv.recentCount, positions: qkv.positions ? qkv.positions[toNative]('positions') : undefined,
-    };
     const rope = await qkv.nativeRope();
-    await nativeCall(() => native().quantDecode(format, rope, cache, keys[toNative]('outKeys'), values[toNative]('outValues'), { applyRope }));
+    await nativeCall(() => native().quantDecode(format, rope, qkv.nativeCache(), keys[toNative]('outKeys'), values[toNative]('outValues'), { applyRope }));
     return { keys, values };
   } catch (error) {
     keys.dispose();
     values.dispose();
     throw error;
   }
+}
+
+export interface QuantizedAttentionOptions extends Omit<AttentionOptions, 'logWeights'> {}
+
+/**
+ * Decode attention straight over a quantized cache: the result of `attention(q,
+ * dequantize(qkv).keys, .values, options)` without unpacking the cache (on CUDA the kernel
+ * reads the pages; the CPU reference decodes then attends in f64). q `[B, Hq, Tq, D]`
+ * post-RoPE, Tq 1..16 (the newest positions of each sequence under `causal`), Hq a multiple
+ * of the cache's kvHeads. `kvLengths` i32 [B, Hkv] limits ragged sequences.
+ */
+export function quantizedAttention(q: Tensor, qkv: QuantizedKV, options: QuantizedAttentionOptions & { returnLse: true }): Promise<AttentionWithLse>;
+export function quantizedAttention(q: Tensor, qkv: QuantizedKV, options?: QuantizedAttentionOptions & { returnLse?: false }): Promise<Tensor>;
+export async function quantizedAttention(q: Tensor, qkv: QuantizedKV, options: QuantizedAttentionOptions = {}): Promise<Tensor | AttentionWithLse> {
+  checkOptions(options, ['causal', 'scale', 'kvLengths', 'returnLse', 'outDtype'], 'quantizedAttention(options)');
+  const qn = checkTensorArg(q, 'q', 4);
+  if (!(qkv instanceof QuantizedKV)) fail('E_RANGE', `qkv: expected a QuantizedKV (from quantize), got ${describe(qkv)}`);
+  if (qkv.rawKeys.isDisposed) fail('E_DISPOSED', 'qkv: the cache has been disposed');
+  if (q.device !== qkv.device) fail('E_DEVICE', `q: expected device ${qkv.device} (as the cache), got ${q.device}`);
+  const settings = attentionSettings(q, options);
+  const format = await qkv.params.nativeFormat(qkv.device);
+  const rope = await qkv.nativeRope();
+  return withAttentionOutputs(q, settings, (out, lse) => native().quantAttention(format, rope, qkv.nativeCache(), qn, out, lse,
+    { scale: settings.scale, causal: settings.causal, kvLengths: settings.kvLengths }));
 }
