@@ -10,7 +10,7 @@ import * as assert from 'uvu/assert';
 import { attention, backend, KvsquashError, Tensor } from '../lib/index.js';
 import { sharedDir } from '../bench/common/shared-data.js';
 import { perplexity, readStories, tokenNll } from '../bench/quality/eval.js';
-import { captureDump, promptLength, readDumps, resolveDevice, runQuality, type QualityRow } from '../bench/quality/harness.js';
+import { captureDump, promptLength, readDumps, resolveDevice, runQuality, topIndices, type QualityRow } from '../bench/quality/harness.js';
 import { METHODS, quantMethod, uncompressed, type AttentionMethod, type QuantApi } from '../bench/quality/methods.js';
 import { Llama } from '../bench/quality/model.js';
 import { reportQuality } from '../bench/quality/output.js';
@@ -189,6 +189,17 @@ test("an 'attention' entry replaces the attention op over a raw cache", async ()
   assert.is(row!.kept, 1);
   assert.is(row!.relL2, null);
   assert.ok(Math.abs(row!.ppl - byName(rows, 'uncompressed', 'decode').ppl) < 1e-12);
+});
+
+test('topIndices: the k largest, largest first, ties to the lower index (against a full sort)', () => {
+  const random = rng(5);
+  for (let trial = 0; trial < 200; trial++) {
+    const count = 1 + Math.floor(random() * 40), k = 1 + Math.floor(random() * 10);
+    // few distinct values, so ties are common
+    const values = Array.from({ length: count }, () => Math.floor(random() * 6));
+    const expected = values.map((v, i) => [v, i] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, k).map(([, i]) => i);
+    assert.equal(topIndices(values, count, k), expected, `values ${values} k ${k}`);
+  }
 });
 
 test('--device: cuda without a usable GPU is E_DEVICE; nonsense is E_DEVICE', () => {

@@ -6,6 +6,7 @@
  * attention metrics on the real dumps, so both measure the same cache.
  */
 import { Tensor, type Device } from '../../lib/index.js';
+import { joinTokens } from '../common/kv-host.js';
 import type { AttendedKV, KvCache, LayerKV } from './model.js';
 
 /** What a method makes of one layer's tokens: slots on the device, plus their cost. */
@@ -172,19 +173,10 @@ export class LayerCache {
 
   /** Raw blocks as one stretch of host tensors. */
   private rawInput(blocks: RawBlock[]): { queries: Tensor<'f32'>; keys: Tensor<'f32'>; keysPreRope: Tensor<'f32'>; values: Tensor<'f32'> } {
-    const T = blocks.reduce((n, b) => n + b.tokens, 0), D = this.headDim;
-    const join = (pick: (b: RawBlock) => Float32Array, heads: number) => {
-      const out = new Float32Array(heads * T * D);
-      let at = 0;
-      for (const block of blocks) {
-        const data = pick(block);
-        for (let h = 0; h < heads; h++) out.set(data.subarray(h * block.tokens * D, (h + 1) * block.tokens * D), (h * T + at) * D);
-        at += block.tokens;
-      }
-      return Tensor.from(out, [1, heads, T, D], 'f32');
-    };
-    const queryHeads = blocks[0]!.queries.length / (blocks[0]!.tokens * D);
-    return { queries: join((b) => b.queries, queryHeads), keys: join((b) => b.keys, this.kvHeads), keysPreRope: join((b) => b.keysPreRope, this.kvHeads), values: join((b) => b.values, this.kvHeads) };
+    const D = this.headDim;
+    const join = (pick: (b: RawBlock) => Float32Array) =>
+      joinTokens(blocks.map((b) => ({ data: pick(b), shape: [1, pick(b).length / (b.tokens * D), b.tokens, D] })));
+    return { queries: join((b) => b.queries), keys: join((b) => b.keys), keysPreRope: join((b) => b.keysPreRope), values: join((b) => b.values) };
   }
 
   /** Segments' valid slots, then every raw token, per head; padded to the longest head. */

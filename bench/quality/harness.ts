@@ -17,7 +17,7 @@
 import { attention, backend, KvsquashError, Tensor, type Device } from '../../lib/index.js';
 import { readNpy } from '../common/npy.js';
 import { kvDumps, layerFile } from '../common/shared-data.js';
-import { relativeL2 } from '../common/kv-host.js';
+import { gatherTokens, joinTokens, range, relativeL2, toHost, type HostKV } from '../common/kv-host.js';
 import { LayerCache, ModelCache, type AttentionOverride, type CacheCost, type Compressor, type Layout } from './cache.js';
 import { tokenNll } from './eval.js';
 import type { AttendedKV, KvCache, LayerKV, Llama } from './model.js';
@@ -104,24 +104,28 @@ export async function captureDump(model: Llama, name: string, tokens: number[]):
 
 /** Per layer, the dumps' K/V concatenated along tokens, on `device`. */
 export async function calibrationFrom(dumps: Dump[], device: Device): Promise<Calibration> {
-  const first = dumps[0]!.layers[0]!.keys;
-  const [, H, , D] = first.shape as [number, number, number, number];
   const join = async (pick: (l: DumpLayer) => Tensor<'f32'>, layer: number) => {
-    const parts = await Promise.all(dumps.map((d) => pick(d.layers[layer]!).data()));
-    const lengths = dumps.map((d) => pick(d.layers[layer]!).shape[2]!), T = lengths.reduce((a, b) => a + b, 0);
-    const out = new Float32Array(H * T * D);
-    let at = 0;
-    parts.forEach((data, i) => {
-      for (let h = 0; h < H; h++) out.set(data.subarray(h * lengths[i]! * D, (h + 1) * lengths[i]! * D), (h * T + at) * D);
-      at += lengths[i]!;
-    });
-    const host = Tensor.from(out, [1, H, T, D], 'f32');
+    const host = joinTokens(await Promise.all(dumps.map((d) => toHost(pick(d.layers[layer]!)))));
     return device === 'cpu' ? host : host.to(device);
   };
   const layers = [];
   for (let l = 0; l < dumps[0]!.layers.length; l++)
     layers.push({ keysPreRope: await join((d) => d.keysPreRope, l), keys: await join((d) => d.keys, l), values: await join((d) => d.values, l) });
-  return { layers, headDim: D, source: dumps.map((d) => d.name).join('+') };
+  return { layers, headDim: dumps[0]!.layers[0]!.keys.shape[3]!, source: dumps.map((d) => d.name).join('+') };
+}
+
+/** The pieces [from, to) a sequence of `tokens` arrives in: prompt and continuation, or blocks. */
+function pieces(tokens: number, mode: Mode): [number, number][] {
+  if (mode === 'prefill') {
+    const prompt = promptLength(tokens);
+    return [[0, prompt], [prompt, tokens]];
+  }
+  return Array.from({ length: Math.ceil(tokens / BLOCK) }, (_, b) => [b * BLOCK, Math.min(tokens, (b + 1) * BLOCK)]);
+}
+
+/** After piece `index` (of `n` tokens): prefill compresses the prompt; decode, once a block fills, the blocks before it. */
+async function compressAfter(cache: { compress(keepRecent: number): Promise<void> }, mode: Mode, index: number, n: number): Promise<void> {
+  if (mode === 'prefill' ? index === 0 : n === BLOCK) await cache.compress(mode === 'decode' ? BLOCK : 0);
 }
 
 /** A method at one budget, ready for a cache: its compressor or its attention override. */
@@ -143,39 +147,24 @@ async function scoreSequence(model: Llama, tokens: number[], mode: Mode, prepare
   const cache = new ModelCache((layer) => new LayerCache({
     layer, kvHeads: c.kvHeads, headDim: c.headDim, budget, device: model.device, ...prepared,
   }), c.layers);
-  const parts: [number, number][] = [];
-  if (mode === 'prefill') {
-    const prompt = promptLength(tokens.length);
-    parts.push([0, prompt], [prompt, tokens.length]);
-  } else {
-    for (let start = 0; start < tokens.length; start += BLOCK) parts.push([start, Math.min(tokens.length, start + BLOCK)]);
-  }
   let nll = 0, count = 0;
-  for (const [index, [from, to]] of parts.entries()) {
+  for (const [index, [from, to]] of pieces(tokens.length, mode).entries()) {
     const logits = await model.forward(tokens.slice(from, to), cache);
     const scored = mode === 'decode' || index > 0;
     for (let i = 0; scored && i < to - from && from + i + 1 < tokens.length; i++, count++) nll += tokenNll(logits, c.vocab, i, tokens[from + i + 1]!);
-    if (mode === 'prefill' ? index === 0 : to - from === BLOCK) await cache.compress(mode === 'decode' ? BLOCK : 0);
+    await compressAfter(cache, mode, index, to - from);
   }
   return { nll, count, cost: cache.compressedCost };
 }
 
-/** Slice of tokens [from, to) of a [1, H, T, D] host tensor. */
-function sliceTokens(t: Tensor<'f32'>, data: Float32Array, from: number, to: number): Tensor<'f32'> {
-  const [, H, T, D] = t.shape as [number, number, number, number];
-  const out = new Float32Array(H * (to - from) * D);
-  for (let h = 0; h < H; h++) out.set(data.subarray((h * T + from) * D, (h * T + to) * D), h * (to - from) * D);
-  return Tensor.from(out, [1, H, to - from, D], 'f32');
-}
-
-/** Indices of the k largest of values[0 .. count) (ties to the lower index). */
-function topIndices(values: Float64Array, count: number, k: number): number[] {
+/** Indices of the k largest of values[0 .. count), largest first (ties to the lower index). */
+export function topIndices(values: ArrayLike<number>, count: number, k: number): number[] {
   const best: number[] = [];
   for (let i = 0; i < count; i++) {
     if (best.length === k && values[i]! <= values[best[k - 1]!]!) continue;
-    let at = Math.min(best.length, k - 1);
+    let at = best.length;
     while (at > 0 && values[best[at - 1]!]! < values[i]!) at--;
-    best.splice(at, best.length === k ? 1 : 0, i);
+    best.splice(at, 0, i);
     if (best.length > k) best.pop();
   }
   return best;
@@ -222,23 +211,18 @@ async function layerMetrics(layer: DumpLayer, index: number, mode: Mode, prepare
   const [, Hq, T, D] = layer.queries.shape as [number, number, number, number];
   const Hkv = layer.keys.shape[1]!;
   const onDevice = async <X extends Tensor>(t: X) => (device === 'cpu' ? t : ((await t.to(device)) as X));
-  const [q, k, kPre, v] = (await Promise.all([layer.queries.data(), layer.keys.data(), layer.keysPreRope.data(), layer.values.data()])) as Float32Array[];
+  const [q, k, kPre, v] = await Promise.all([layer.queries, layer.keys, layer.keysPreRope, layer.values].map(toHost));
   const full = await Promise.all([layer.queries, layer.keys, layer.values].map(onDevice));
   const denseOut = await attention(full[0]!, full[1]!, full[2]!, { causal: true });
   const dense = (await denseOut.data()) as Float32Array;
   for (const t of [...full, denseOut]) if (device !== 'cpu') t.dispose();
   const cache = new LayerCache({ layer: index, kvHeads: Hkv, headDim: D, budget, device, ...prepared });
-  const prompt = promptLength(T);
-  const blocks: [number, number][] = mode === 'prefill' ? [[0, prompt], [prompt, T]]
-    : Array.from({ length: Math.ceil(T / BLOCK) }, (_, b) => [b * BLOCK, Math.min(T, (b + 1) * BLOCK)]);
   const outs: number[] = [], refs: number[] = [];
   let recall = 0, queriesCounted = 0;
-  for (const [b, [from, to]] of blocks.entries()) {
+  for (const [b, [from, to]] of pieces(T, mode).entries()) {
     const n = to - from;
-    const kv: LayerKV = {
-      layer: index, start: from, queries: sliceTokens(layer.queries, q!, from, to), keys: sliceTokens(layer.keys, k!, from, to),
-      keysPreRope: sliceTokens(layer.keysPreRope, kPre!, from, to), values: sliceTokens(layer.values, v!, from, to),
-    };
+    const slice = (kv: HostKV) => gatherTokens(kv, () => range(from, to));
+    const kv: LayerKV = { layer: index, start: from, queries: slice(q!), keys: slice(k!), keysPreRope: slice(kPre!), values: slice(v!) };
     const layout = await cache.extendWithLayout(kv);
     if (b > 0) {
       const attended = await cache.toDevice(layout);
@@ -252,12 +236,12 @@ async function layerMetrics(layer: DumpLayer, index: number, mode: Mode, prepare
           refs.push(dense[(h * T + from) * D + i]!);
         }
       }
-      const r = recallSum((await kv.queries.data()) as Float32Array, Hq, k!, T, layout, from, n, D);
+      const r = recallSum((await kv.queries.data()) as Float32Array, Hq, k!.data, T, layout, from, n, D);
       recall += r.sum;
       queriesCounted += r.count;
       for (const t of new Set([output, queries, attended.keys, attended.values, attended.kvLengths, attended.logWeights])) if (t !== kv.queries) t?.dispose();
     }
-    if (mode === 'prefill' ? b === 0 : n === BLOCK) await cache.compress(mode === 'decode' ? BLOCK : 0);
+    await compressAfter(cache, mode, b, n);
   }
   return { relL2: relativeL2(outs, refs), recall: recall / queriesCounted };
 }
