@@ -7,15 +7,17 @@ import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { attention, backend, KvsquashError, Tensor } from '../lib/index.js';
+import { attention, backend, KvsquashError, softMatch, Tensor } from '../lib/index.js';
+import { gatherTokens, range, toHost } from '../bench/common/kv-host.js';
+import { LayerCache } from '../bench/quality/cache.js';
 import { sharedDir } from '../bench/common/shared-data.js';
 import { perplexity, readStories, tokenNll } from '../bench/quality/eval.js';
 import { captureDump, promptLength, readDumps, resolveDevice, runQuality, topIndices, type QualityRow } from '../bench/quality/harness.js';
-import { METHODS, quantMethod, uncompressed, type AttentionMethod, type QuantApi } from '../bench/quality/methods.js';
+import { METHODS, quantMethod, softMatchMethod, uncompressed, type AttentionMethod, type QuantApi } from '../bench/quality/methods.js';
 import { Llama } from '../bench/quality/model.js';
 import { reportQuality } from '../bench/quality/output.js';
 import { Tokenizer } from '../bench/quality/tokenizer.js';
-import { rng } from './helpers/random.js';
+import { randomArray, rng } from './helpers/random.js';
 
 const PIECES = [' ', 'a', 'b', 'c', 'd', 'e', 'g', 'h', 'i', 'l', 'n', 'o', 'r', 's', 't', 'u', 'w', 'y', '.',
   'th', 'he', 'the', ' the', 'an', 'nd', 'in', 'er', 'on', 'at'];
@@ -189,6 +191,33 @@ test("an 'attention' entry replaces the attention op over a raw cache", async ()
   assert.is(row!.kept, 1);
   assert.is(row!.relL2, null);
   assert.ok(Math.abs(row!.ppl - byName(rows, 'uncompressed', 'decode').ppl) < 1e-12);
+});
+
+test('decode mode with softMatch holds what softMatch over the compressed blocks gives, then the recent block raw', async () => {
+  const random = rng(11), H = 2, D = 8, T = 104;
+  const make = () => Tensor.from(randomArray(random, H * T * D), [1, H, T, D], 'f32');
+  const keys = await toHost(make()), values = await toHost(make()), queries = await toHost(make());
+  const compressor = await softMatchMethod.prepare({ layers: [], headDim: D, source: 'none' });
+  const cache = new LayerCache({ layer: 0, kvHeads: H, headDim: D, compressor, budget: 0.25, device: 'cpu' });
+  let layout;
+  for (let from = 0; from < T; from += 32) {
+    const to = Math.min(T, from + 32), slice = (kv: typeof keys) => gatherTokens(kv, () => range(from, to));
+    layout = await cache.extendWithLayout({ layer: 0, start: from, queries: slice(queries), keys: slice(keys), keysPreRope: slice(keys), values: slice(values) });
+    if (to - from === 32) await cache.compress(32);
+  }
+  // what the last 8 tokens attend over: blocks 0 and 1 clustered (8 slots each), then block 2 and themselves raw
+  const clustered = await softMatch(gatherTokens(keys, () => range(0, 64)), gatherTokens(values, () => range(0, 64)), { chunk: 32, ratio: 0.25, protect: { first: 0 } });
+  const [ck, cv, sizes, assign] = [await clustered.keys.data(), await clustered.values.data(), await clustered.sizes.data(), await clustered.assign.data()];
+  assert.equal(Array.from(layout!.lengths), [16 + 40, 16 + 40]);
+  for (let h = 0; h < H; h++) {
+    const slots = layout!.slots;
+    assert.equal(Array.from(layout!.keys.subarray(h * slots * D, (h * slots + 16) * D)), Array.from(ck.subarray(h * 16 * D, (h + 1) * 16 * D)));
+    assert.equal(Array.from(layout!.values.subarray(h * slots * D, (h * slots + 16) * D)), Array.from(cv.subarray(h * 16 * D, (h + 1) * 16 * D)));
+    assert.equal(Array.from(layout!.logWeights.subarray(h * slots, h * slots + 16)), Array.from(sizes.subarray(h * 16, (h + 1) * 16), (n) => Math.fround(Math.log(n))));
+    assert.equal(Array.from(layout!.keys.subarray((h * slots + 16) * D, (h * slots + 56) * D)), Array.from(keys.data.subarray((h * T + 64) * D, (h * T + 104) * D)));
+    assert.equal(Array.from(layout!.slotOf.subarray(h * T, (h + 1) * T)), [...Array.from(assign.subarray(h * 64, (h + 1) * 64)), ...range(16, 56)]);
+  }
+  clustered.dispose();
 });
 
 test('topIndices: the k largest, largest first, ties to the lower index (against a full sort)', () => {
