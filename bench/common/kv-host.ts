@@ -28,13 +28,20 @@ export function range(start: number, end: number): number[] {
 
 /** Concatenates along tokens: [B,H,Ta,D] + [B,H,Tb,D] -> [B,H,Ta+Tb,D]. */
 export function concatTokens(a: HostKV, b: HostKV): Tensor<'f32'> {
-  const [B, H, Ta, D] = a.shape, Tb = b.shape[2];
-  const out = new Float32Array(B * H * (Ta + Tb) * D);
-  for (let head = 0; head < B * H; head++) {
-    out.set(a.data.subarray(head * Ta * D, (head + 1) * Ta * D), head * (Ta + Tb) * D);
-    out.set(b.data.subarray(head * Tb * D, (head + 1) * Tb * D), (head * (Ta + Tb) + Ta) * D);
+  return joinTokens([a, b]);
+}
+
+/** Concatenates any number of [B,H,Ti,D] caches along tokens. */
+export function joinTokens(parts: HostKV[]): Tensor<'f32'> {
+  const [B, H, , D] = parts[0]!.shape, T = parts.reduce((n, p) => n + p.shape[2], 0);
+  const out = new Float32Array(B * H * T * D);
+  let at = 0;
+  for (const { data, shape } of parts) {
+    const Ti = shape[2];
+    for (let head = 0; head < B * H; head++) out.set(data.subarray(head * Ti * D, (head + 1) * Ti * D), (head * T + at) * D);
+    at += Ti;
   }
-  return Tensor.from(out, [B, H, Ta + Tb, D]);
+  return Tensor.from(out, [B, H, T, D], 'f32');
 }
 
 export function relativeL2(actual: ArrayLike<number>, expected: ArrayLike<number>): number {

@@ -62,9 +62,8 @@ function formatNumber(value: number): string {
   return abs >= 100 ? value.toFixed(1) : abs >= 1 ? value.toFixed(3) : value.toPrecision(3);
 }
 
-/** Writes bench/results/<name>-<device>-<date>.json and returns its path. */
-export function writeResult(name: string, device: string, payload: object): string {
-  const dir = join(packageRoot, 'bench', 'results');
+/** Writes <dir>/<name>-<device>-<date>.json (dir: bench/results) and returns its path. */
+export function writeResult(name: string, device: string, payload: object, dir = join(packageRoot, 'bench', 'results')): string {
   mkdirSync(dir, { recursive: true });
   const stamp = new Date().toISOString().slice(0, 10);
   const path = join(dir, `${name}-${device.replace(/[^a-z0-9]+/gi, '-').toLowerCase()}-${stamp}.json`);

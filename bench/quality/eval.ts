@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 
 import { BOS, type Tokenizer } from './tokenizer.js';
-import type { KvHook, Llama } from './model.js';
+import type { Llama } from './model.js';
 
 /** Stories of the eval text, split on lines of `---`. */
 export function readStories(path: string): string[] {
@@ -23,8 +23,18 @@ export async function generateGreedy(model: Llama, tokenizer: Tokenizer, steps: 
   return tokenizer.decode(ids);
 }
 
+/** Next-token NLL (nats) of logits row `row` ([rows, vocab]) for token `target`. */
+export function tokenNll(logits: Float32Array, vocab: number, row: number, target: number): number {
+  const values = logits.subarray(row * vocab, (row + 1) * vocab);
+  let max = -Infinity;
+  for (const z of values) max = Math.max(max, z);
+  let sum = 0;
+  for (const z of values) sum += Math.exp(z - max);
+  return max + Math.log(sum) - values[target]!;
+}
+
 /** Mean next-token NLL (nats) over texts, each from BOS, in windows of at most seqLen tokens. */
-export async function perplexity(model: Llama, tokenizer: Tokenizer, texts: string[], kvHook?: KvHook): Promise<{ ppl: number; tokens: number }> {
+export async function perplexity(model: Llama, tokenizer: Tokenizer, texts: string[]): Promise<{ ppl: number; tokens: number }> {
   let total = 0, count = 0;
   const { seqLen, vocab } = model.config;
   for (const text of texts) {
@@ -32,16 +42,8 @@ export async function perplexity(model: Llama, tokenizer: Tokenizer, texts: stri
     for (let start = 0; start < ids.length - 1; start += seqLen) {
       const window = ids.slice(start, start + seqLen);
       if (window.length < 2) continue;
-      const logits = await model.forward(window, kvHook);
-      for (let i = 0; i < window.length - 1; i++) {
-        const row = logits.subarray(i * vocab, (i + 1) * vocab);
-        let max = -Infinity;
-        for (const z of row) max = Math.max(max, z);
-        let sum = 0;
-        for (const z of row) sum += Math.exp(z - max);
-        total += max + Math.log(sum) - row[window[i + 1]!]!;
-        count++;
-      }
+      const logits = await model.forward(window);
+      for (let i = 0; i < window.length - 1; i++, count++) total += tokenNll(logits, vocab, i, window[i + 1]!);
     }
   }
   return { ppl: Math.exp(total / count), tokens: count };

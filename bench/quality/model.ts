@@ -1,12 +1,13 @@
 /**
- * A small f32 CPU inference runner for llama2.c "version 0" checkpoints (RMSNorm, SwiGLU,
- * GQA, interleaved RoPE, tied classifier) whose attention is kvsquash's `attention`, so a
- * compressed cache (the `kvHook`) is what the model really attends over. For the quality
- * harness; not part of the package.
+ * A small f32 inference runner for llama2.c "version 0" checkpoints (RMSNorm, SwiGLU, GQA,
+ * interleaved RoPE, tied classifier) whose attention is kvsquash's `attention`, so a
+ * compressed cache (a `KvCache`) is what the model really attends over. The matmuls run in
+ * JS on the CPU; attention runs on the model's device. For the quality harness; not part of
+ * the package.
  */
 import { readFileSync } from 'node:fs';
 
-import { attention, Tensor } from '../../lib/index.js';
+import { attention, Tensor, type Device } from '../../lib/index.js';
 
 export interface ModelConfig {
   dim: number;
@@ -24,23 +25,79 @@ interface LayerWeights {
   rmsFfn: Float32Array; w1: Float32Array; w2: Float32Array; w3: Float32Array;
 }
 
+export const ROPE_THETA = 10000;
+
+/** One layer's projections of the tokens of one forward call, on the model's device. */
+export interface LayerKV {
+  layer: number;
+  /** position of the first of these tokens (its RoPE angle) */
+  start: number;
+  /** post-RoPE queries [1, heads, n, headDim] */
+  queries: Tensor<'f32'>;
+  /** post-RoPE keys [1, kvHeads, n, headDim]: what attention uses */
+  keys: Tensor<'f32'>;
+  /** the same keys before RoPE (quantizers calibrate and quantize these) */
+  keysPreRope: Tensor<'f32'>;
+  values: Tensor<'f32'>;
+}
+
 /**
- * Replaces one layer's K/V (post-RoPE keys, [1, kvHeads, T, headDim]) before attention; may
- * return kvLengths / logWeights for merged caches.
+ * What the new tokens of one layer attend over: [cached part ; the new tokens], causal over
+ * the new ones (the queries are the last n positions of each head's kvLengths), with
+ * log(size) weights for merged slots. `attend` replaces kvsquash's dense `attention` for
+ * methods that change the attention itself rather than the cache.
  */
-export type KvHook = (layer: number, keys: Tensor<'f32'>, values: Tensor<'f32'>) => Promise<{
-  keys: Tensor; values: Tensor; kvLengths?: Tensor; logWeights?: Tensor;
-}>;
+export interface AttendedKV {
+  keys: Tensor;
+  values: Tensor;
+  kvLengths?: Tensor;
+  logWeights?: Tensor;
+  attend?: (queries: Tensor, kv: AttendedKV) => Promise<Tensor>;
+}
+
+/**
+ * A per-layer K/V cache kept outside the model across forward calls: `extend` receives the
+ * new tokens' K/V of each layer and returns what they attend over, keeping host copies as
+ * it likes (the forward pass disposes both sides after attention); `commit` follows once
+ * every layer has seen them.
+ */
+export interface KvCache {
+  /** tokens already cached: the position of the next forward call's first token */
+  readonly length: number;
+  extend(kv: LayerKV): Promise<AttendedKV>;
+  commit(tokens: number): void;
+}
+
+/**
+ * Rotates adjacent pairs (x[2j], x[2j+1]) of each headDim-long row in place by
+ * position(row) * theta^(-2j/headDim). cos and sin are rounded to f32 first, as
+ * llama2.c's tables are, so the runner reproduces its logits.
+ */
+export function applyRope(data: Float32Array, headDim: number, position: (row: number) => number, theta = ROPE_THETA): void {
+  const half = headDim / 2;
+  const inverseFrequencies = Array.from({ length: half }, (_, j) => Math.pow(theta, (-2 * j) / headDim));
+  for (let row = 0; row < data.length / headDim; row++) {
+    const pos = position(row), base = row * headDim;
+    for (let j = 0; j < half; j++) {
+      const angle = pos * inverseFrequencies[j]!;
+      const c = Math.fround(Math.cos(angle)), s = Math.fround(Math.sin(angle));
+      const a = data[base + 2 * j]!, b = data[base + 2 * j + 1]!;
+      data[base + 2 * j] = a * c - b * s;
+      data[base + 2 * j + 1] = a * s + b * c;
+    }
+  }
+}
 
 export class Llama {
   readonly config: ModelConfig;
   private readonly embedding: Float32Array;
   private readonly layerWeights: LayerWeights[];
   private readonly rmsFinal: Float32Array;
-  private readonly cos: Float32Array;
-  private readonly sin: Float32Array;
+  /** where attention runs (and the LayerKV tensors live) */
+  readonly device: Device;
 
-  constructor(path: string) {
+  constructor(path: string, options: { device?: Device } = {}) {
+    this.device = options.device ?? 'cpu';
     const bytes = readFileSync(path);
     const header = new Int32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + 28));
     const [dim, hiddenDim, layers, heads, kvHeads, vocabSigned, seqLen] = Array.from(header) as number[];
@@ -58,68 +115,53 @@ export class Llama {
     this.layerWeights = Array.from({ length: c.layers }, (_, l) => ({
       rmsAtt: rmsAtt(l), wq: wq(l), wk: wk(l), wv: wv(l), wo: wo(l), rmsFfn: rmsFfn(l), w1: w1(l), w2: w2(l), w3: w3(l),
     }));
-    this.rmsFinal = take(c.dim);
-    // RoPE tables (the file's freq_cis copies are not needed): adjacent pairs, theta 10000
-    const half = c.headDim / 2;
-    this.cos = new Float32Array(c.seqLen * half);
-    this.sin = new Float32Array(c.seqLen * half);
-    for (let pos = 0; pos < c.seqLen; pos++) {
-      for (let j = 0; j < half; j++) {
-        const angle = pos * Math.pow(10000, (-2 * j) / c.headDim);
-        this.cos[pos * half + j] = Math.cos(angle);
-        this.sin[pos * half + j] = Math.sin(angle);
-      }
-    }
+    this.rmsFinal = take(c.dim); // the freq_cis tables that follow are recomputed by applyRope
   }
 
-  /** Logits [tokens.length, vocab] of one causal pass over `tokens` (at most seqLen). */
-  async forward(tokens: number[], kvHook?: KvHook): Promise<Float32Array> {
-    const c = this.config, n = tokens.length, kvDim = c.kvHeads * c.headDim;
-    if (n > c.seqLen) throw new Error(`${n} tokens exceed the model's context of ${c.seqLen}`);
+  /**
+   * Logits [tokens.length, vocab] of one causal pass over `tokens`. Without a cache the
+   * tokens start at position 0 and attend only to each other; with one they continue it
+   * (from position cache.length) and attend over what it returns.
+   */
+  async forward(tokens: number[], cache?: KvCache): Promise<Float32Array> {
+    const c = this.config, n = tokens.length, kvDim = c.kvHeads * c.headDim, start = cache?.length ?? 0;
+    if (start + n > c.seqLen) throw new Error(`${start + n} tokens exceed the model's context of ${c.seqLen}`);
     const x = new Float32Array(n * c.dim);
     tokens.forEach((t, i) => x.set(this.embedding.subarray(t * c.dim, (t + 1) * c.dim), i * c.dim));
     const normed = new Float32Array(n * c.dim);
+    const onDevice = async (data: Float32Array, heads: number) => {
+      const host = Tensor.from(toHeads(data, n, heads, c.headDim), [1, heads, n, c.headDim], 'f32');
+      return this.device === 'cpu' ? host : host.to(this.device);
+    };
+    // rows of [n, heads, headDim] projections: row r is token r / heads
+    const position = (heads: number) => (row: number) => start + Math.floor(row / heads);
     for (let l = 0; l < c.layers; l++) {
       const w = this.layerWeights[l]!;
       rmsnorm(normed, x, w.rmsAtt, n, c.dim);
       const q = matmul(normed, w.wq, n, c.dim, c.dim), k = matmul(normed, w.wk, n, c.dim, kvDim), v = matmul(normed, w.wv, n, c.dim, kvDim);
-      this.rope(q, n, c.heads);
-      this.rope(k, n, c.kvHeads);
-      const queries = Tensor.from(toHeads(q, n, c.heads, c.headDim), [1, c.heads, n, c.headDim]);
-      let keys: Tensor = Tensor.from(toHeads(k, n, c.kvHeads, c.headDim), [1, c.kvHeads, n, c.headDim]);
-      let values: Tensor = Tensor.from(toHeads(v, n, c.kvHeads, c.headDim), [1, c.kvHeads, n, c.headDim]);
-      let extra = {};
-      if (kvHook) {
-        const hooked = await kvHook(l, keys as Tensor<'f32'>, values as Tensor<'f32'>);
-        ({ keys, values } = hooked);
-        extra = { ...(hooked.kvLengths ? { kvLengths: hooked.kvLengths } : {}), ...(hooked.logWeights ? { logWeights: hooked.logWeights } : {}) };
-      }
-      const out = (await (await attention(queries, keys, values, { causal: true, ...extra })).data()) as Float32Array;
-      const attended = fromHeads(out, n, c.heads, c.headDim);
-      addInto(x, matmul(attended, w.wo, n, c.dim, c.dim));
+      const keysPreRope = await onDevice(k, c.kvHeads);
+      applyRope(q, c.headDim, position(c.heads));
+      applyRope(k, c.headDim, position(c.kvHeads));
+      const kv: LayerKV = {
+        layer: l, start, queries: await onDevice(q, c.heads), keys: await onDevice(k, c.kvHeads), keysPreRope, values: await onDevice(v, c.kvHeads),
+      };
+      const attended: AttendedKV = cache ? await cache.extend(kv) : kv;
+      const { keys, values, kvLengths, logWeights } = attended;
+      const output = attended.attend ? await attended.attend(kv.queries, attended)
+        : await attention(kv.queries, keys, values, { causal: true, ...(kvLengths ? { kvLengths } : {}), ...(logWeights ? { logWeights } : {}) });
+      const out = (await output.data()) as Float32Array;
+      // caches keep copies, so every tensor of this step can go now (device memory above all)
+      for (const t of new Set([output, kv.queries, kv.keys, kv.keysPreRope, kv.values, keys, values, kvLengths, logWeights])) t?.dispose();
+      const attendedRows = fromHeads(out, n, c.heads, c.headDim);
+      addInto(x, matmul(attendedRows, w.wo, n, c.dim, c.dim));
       rmsnorm(normed, x, w.rmsFfn, n, c.dim);
       const h1 = matmul(normed, w.w1, n, c.dim, c.hiddenDim), h3 = matmul(normed, w.w3, n, c.dim, c.hiddenDim);
       for (let i = 0; i < h1.length; i++) h1[i] = (h1[i]! / (1 + Math.exp(-h1[i]!))) * h3[i]!;
       addInto(x, matmul(h1, w.w2, n, c.hiddenDim, c.dim));
     }
+    cache?.commit(n);
     rmsnorm(normed, x, this.rmsFinal, n, c.dim);
     return matmul(normed, this.embedding, n, c.dim, c.vocab);
-  }
-
-  /** Rotates adjacent pairs (x[2j], x[2j+1]) of every head of every position in place. */
-  private rope(data: Float32Array, n: number, heads: number): void {
-    const hd = this.config.headDim, half = hd / 2;
-    for (let pos = 0; pos < n; pos++) {
-      for (let h = 0; h < heads; h++) {
-        const base = (pos * heads + h) * hd;
-        for (let j = 0; j < half; j++) {
-          const c = this.cos[pos * half + j]!, s = this.sin[pos * half + j]!;
-          const a = data[base + 2 * j]!, b = data[base + 2 * j + 1]!;
-          data[base + 2 * j] = a * c - b * s;
-          data[base + 2 * j + 1] = a * s + b * c;
-        }
-      }
-    }
   }
 }
 
