@@ -278,10 +278,10 @@ struct CopyWordsArgs {
   int64_t src_pitch, src_offset, dst_pitch, dst_offset;  // in words
 };
 
-template <class Src, class Dst>
 struct ConvertArgs {
-  const Src* src;
-  Dst* dst;
+  const void* src;
+  void* dst;
+  kvs_dtype src_dtype, dst_dtype;
   int64_t outer, span, inner;
   RowSpan from, to;
 };
@@ -299,15 +299,16 @@ static __global__ void __launch_bounds__(kCopyThreads) copy_words_kernel(const C
   }
 }
 
-// Float dtypes: exact to f32, then one rounding to the destination (core/half.h).
-template <class Src, class Dst>
-static __global__ void __launch_bounds__(kCopyThreads) convert_rows_kernel(const ConvertArgs<Src, Dst> a) {
+// Float dtypes: exact to f32, then one rounding to the destination, both with the CPU's own
+// converters (core/half.h), so NaN payloads come out as on the CPU too (cuda_fp16's
+// conversions need not keep them).
+static __global__ void __launch_bounds__(kCopyThreads) convert_rows_kernel(const ConvertArgs a) {
   const int64_t total = a.outer * a.span;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kCopyThreads;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * kCopyThreads + threadIdx.x; k < total; k += stride) {
     const int64_t o = k / a.span, e = k % a.span;
-    const Src value = a.src[(o * a.from.rows + a.from.start) * a.inner + e];
-    a.dst[(o * a.to.rows + a.to.start) * a.inner + e] = from_float<Dst>(to_float(value));
+    const float value = load_storage(a.src, a.src_dtype, (o * a.from.rows + a.from.start) * a.inner + e);
+    store_float_as(a.dst, a.dst_dtype, (o * a.to.rows + a.to.start) * a.inner + e, value);
   }
 }
 
@@ -341,15 +342,9 @@ void copy_bits(const void* src, void* dst, int64_t outer, int64_t count, RowSpan
 
 void convert_rows(const void* src, kvs_dtype src_dtype, void* dst, kvs_dtype dst_dtype, int64_t outer, int64_t count,
                   int64_t inner, RowSpan from, RowSpan to, cudaStream_t stream) {
-  dispatch_float_dtype(src_dtype, "src", [&](auto src_tag) {
-    dispatch_float_dtype(dst_dtype, "dst", [&](auto dst_tag) {
-      using Src = typename decltype(src_tag)::type;
-      using Dst = typename decltype(dst_tag)::type;
-      ConvertArgs<Src, Dst> a{static_cast<const Src*>(src), static_cast<Dst*>(dst), outer, count * inner, inner, from, to};
-      convert_rows_kernel<Src, Dst><<<grid_blocks(outer * a.span, kCopyThreads), kCopyThreads, 0, stream>>>(a);
-      KVS_CUDA_CHECK(cudaGetLastError(), "copyRows: launching the conversion kernel");
-    });
-  });
+  const ConvertArgs a{src, dst, src_dtype, dst_dtype, outer, count * inner, inner, from, to};
+  convert_rows_kernel<<<grid_blocks(outer * a.span, kCopyThreads), kCopyThreads, 0, stream>>>(a);
+  KVS_CUDA_CHECK(cudaGetLastError(), "copyRows: launching the conversion kernel");
 }
 
 }  // namespace
