@@ -10,7 +10,7 @@
 // warp writes back coalesced. An encode tile is half a page (one KIVI 32-token statistics
 // group), so its code words are a whole-word half of the page stream: the lanes OR their
 // codes into a shared copy of those words (OR commutes: deterministic) and the warp stores
-// them, so no global zeroing or atomics are needed.
+// them, so the page stream needs no zeroing pass and no global atomics.
 //
 // Where the speed will come from later (the target is >= 80% of copy bandwidth): the codec
 // runs one lane per vector with D-float scratch in local memory, and Vq scans its 256-entry
