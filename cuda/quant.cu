@@ -39,9 +39,8 @@ static_assert(kQuantPageTokens % kTileTokens == 0 && kKiviTokenGroup == kTileTok
 constexpr int kTilesPerPage = kQuantPageTokens / kTileTokens;
 constexpr int kCopyThreads = 256;
 
-// Shared rows of a tile: row r starts at r * (D + 1); element -1 of a row is a pad float, so
-// row pointers are base + r * (D + 1) + 1. The odd stride puts the lanes' rows in different
-// banks; the pad keeps a stray index of -1 inside the allocation (see encode_tile_kernel).
+// Shared rows of a tile: row r starts at r * (D + 1) + 1. The odd stride puts the lanes'
+// rows in different banks.
 __device__ __forceinline__ float* tile_row(float* rows, int32_t D, int r) { return rows + r * (D + 1) + 1; }
 
 inline size_t tile_rows_bytes(int32_t D) { return static_cast<size_t>(kTileTokens) * (D + 1) * sizeof(float); }
@@ -94,7 +93,7 @@ struct EncodeArgs {
   const int32_t* positions;
   int64_t position_offset;
   int64_t B, Ts, src_start, capacity, page_start, n_pages;
-  int* nonfinite;  // set when a loaded source value is NaN or infinite
+  int* nonfinite;  // set when a value to encode is not encodable (NaN, infinite, past 65504)
 };
 
 struct DecodeArgs {
@@ -121,13 +120,10 @@ static __global__ void __launch_bounds__(kWarpSize) encode_tile_kernel(const Enc
   uint32_t* words = reinterpret_cast<uint32_t*>(shared + kTileTokens * (D + 1));
   const int lane = static_cast<int>(threadIdx.x);
 
-  // D-float scratch of encode_vector. xhat keeps one float in front: encode_vector reads
-  // x[-1] and xhat[-1] when every residual is NaN (a value that only became infinite when
-  // rounded to the raw dtype), and both reads must stay inside their arrays.
+  // D-float scratch of encode_vector
   uint32_t codes[kQuantMaxHeadDim];
   float work[kQuantMaxHeadDim];
-  float xhat_storage[kQuantMaxHeadDim + 1];
-  float* xhat = xhat_storage + 1;
+  float xhat[kQuantMaxHeadDim];
 
   const int64_t tiles = args.B * args.n_pages * Hkv * 2 * kTilesPerPage;
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -141,17 +137,8 @@ static __global__ void __launch_bounds__(kWarpSize) encode_tile_kernel(const Enc
 
     // Rows, rounded to the raw dtype; the 32 source rows are contiguous.
     const int64_t base = ((b * Hkv + h) * args.Ts + first) * D;
-    bool nonfinite = false;
-    for (int e = lane; e < kTileTokens * D; e += kWarpSize) {
-      const float v = load_storage(args.src[which], args.dtype, base + e);
-      nonfinite |= !isfinite(v);
-      tile_row(rows, D, e / D)[e % D] = round_to_storage(v, format.raw_dtype);
-    }
-    if (__any_sync(kFullWarpMask, nonfinite)) {
-      // the call fails with E_RANGE; the tile is left unwritten
-      if (lane == 0) atomicOr(args.nonfinite, 1);
-      continue;
-    }
+    for (int e = lane; e < kTileTokens * D; e += kWarpSize)
+      tile_row(rows, D, e / D)[e % D] = round_to_storage(load_storage(args.src[which], args.dtype, base + e), format.raw_dtype);
     __syncwarp();
     const int t = g * kTileTokens + lane;  // token within the page
     float* x = tile_row(rows, D, lane);
@@ -159,6 +146,13 @@ static __global__ void __launch_bounds__(kWarpSize) encode_tile_kernel(const Enc
       const int64_t j = first + lane;
       const int64_t pos = args.positions ? args.positions[b * args.Ts + j] : args.position_offset + j;
       apply_rope(args.cache.rope, D, pos, false, x);
+    }
+    bool unencodable = false;  // checked in the codec domain, as the CPU does
+    for (int d = 0; d < D; ++d) unencodable |= !encodable(x[d]);
+    if (__any_sync(kFullWarpMask, unencodable)) {
+      // the call fails with E_RANGE; the tile is left unwritten
+      if (lane == 0) atomicOr(args.nonfinite, 1);
+      continue;
     }
     for (int k = lane; k < side.vector_bits; k += kWarpSize) words[k] = 0;  // the tile's words
     __syncwarp();
@@ -203,7 +197,7 @@ static __global__ void __launch_bounds__(kWarpSize) decode_tile_kernel(const Dec
   const QuantFormat format = args.cache.format;
   const int32_t D = format.D;
   const int64_t Hkv = format.Hkv;
-  float* rows = shared;  // followed by kQuantMaxHeadDim floats of slack (add_residuals below)
+  float* rows = shared;
   const int lane = static_cast<int>(threadIdx.x);
   const int64_t paged = args.n_pages * kQuantPageTokens;
   uint32_t codes[kQuantMaxHeadDim];
@@ -241,11 +235,9 @@ static __global__ void __launch_bounds__(kWarpSize) decode_tile_kernel(const Dec
       const VectorContext ctx{&format, side.codec, side.is_key, static_cast<int32_t>(h), token,
                               side.meta ? side.meta + page_head * side.meta_per_page : nullptr};
       dequantize_units(ctx, codes, x);
-      // A slot index is a u8 < 256; a valid page only holds indexes < D, and the slack
-      // after the rows keeps a corrupted one inside shared memory.
       if (format.outliers > 0) {
         const int64_t slot0 = (page_head * kQuantPageTokens + token) * format.outliers;
-        add_residuals(side.outlier_index + slot0, side.outlier_value + slot0, format.outliers, x);
+        add_residuals(side.outlier_index + slot0, side.outlier_value + slot0, format.outliers, D, x);
       }
     }
     if (lane < count && side.is_key) {
@@ -378,7 +370,7 @@ void quant_encode(const QuantEncodeProblem& p, void* stream) {
                  "quantize: reading the NaN flag");
   flag.release();
   KVS_CUDA_CHECK(cudaStreamSynchronize(cuda_stream), "quantize: waiting for the encode kernel");
-  if (nonfinite) throw Error(KVS_E_RANGE, "quantize: keys or values hold NaN or infinity");
+  if (nonfinite) throw Error(KVS_E_RANGE, kQuantRangeMessage);
 }
 
 void quant_decode(const QuantDecodeProblem& p, void* stream) {
@@ -398,7 +390,7 @@ void quant_decode(const QuantDecodeProblem& p, void* stream) {
   args.apply_rope = p.apply_rope;
   const int64_t tiles = p.B * p.format.Hkv * 2 * ((args.T + kTileTokens - 1) / kTileTokens);
   if (tiles == 0) return;
-  const size_t shared_bytes = tile_rows_bytes(p.format.D) + kQuantMaxHeadDim * sizeof(float);
+  const size_t shared_bytes = tile_rows_bytes(p.format.D);
   decode_tile_kernel<<<grid_blocks(tiles, 1), kWarpSize, shared_bytes, cuda_stream>>>(args);
   KVS_CUDA_CHECK(cudaGetLastError(), "dequantize: launching the decode kernel");
 }

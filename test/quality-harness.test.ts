@@ -12,8 +12,8 @@ import { gatherTokens, range, toHost } from '../bench/common/kv-host.js';
 import { LayerCache } from '../bench/quality/cache.js';
 import { sharedDir } from '../bench/common/shared-data.js';
 import { perplexity, readStories, tokenNll } from '../bench/quality/eval.js';
-import { captureDump, promptLength, readDumps, resolveDevice, runQuality, topIndices, type QualityRow } from '../bench/quality/harness.js';
-import { METHODS, quantMethod, softMatchMethod, uncompressed, type AttentionMethod, type QuantApi } from '../bench/quality/methods.js';
+import { calibrationFrom, captureDump, promptLength, readDumps, resolveDevice, runQuality, topIndices, type QualityRow } from '../bench/quality/harness.js';
+import { METHODS, quantMethod, softMatchMethod, uncompressed, type AttentionMethod } from '../bench/quality/methods.js';
 import { Llama } from '../bench/quality/model.js';
 import { reportQuality } from '../bench/quality/output.js';
 import { Tokenizer } from '../bench/quality/tokenizer.js';
@@ -61,10 +61,12 @@ const stories = [tinyText(1, 60), tinyText(2, 75)];
 const byName = (rows: QualityRow[], method: string, mode: string, budget?: number) =>
   rows.find((r) => r.method === method && r.mode === mode && (budget === undefined || r.budget === budget))!;
 
+// quantizers get their own test below: the 8-D codebooks need more calibration tokens than this
+const RUN_METHODS = METHODS.filter((m) => m.family !== 'quant');
 let rows: QualityRow[] = [];
 test.before(async () => {
   const dumps = [await captureDump(model, 'dump a', tokenizer.encode(tinyText(3, 50))), await captureDump(model, 'dump b', tokenizer.encode(tinyText(4, 50)))];
-  rows = await runQuality({ model, tokenizer, stories, dumps, calibration: dumps, methods: METHODS });
+  rows = await runQuality({ model, tokenizer, stories, dumps, calibration: dumps, methods: RUN_METHODS });
 });
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -78,7 +80,7 @@ test('tiny texts span several 32-token blocks, in the tiny vocabulary only', () 
 });
 
 test('one row per method, budget and mode', () => {
-  const expected = METHODS.flatMap((m) => m.budgets.flatMap((b) => ['prefill', 'decode'].map((mode) => `${m.name}|${b}|${mode}`)));
+  const expected = RUN_METHODS.flatMap((m) => m.budgets.flatMap((b) => ['prefill', 'decode'].map((mode) => `${m.name}|${b}|${mode}`)));
   assert.equal(rows.map((r) => `${r.method}|${r.budget}|${r.mode}`).sort(), expected.sort());
 });
 
@@ -130,9 +132,9 @@ test('JSON and SVG are written and parse; the SVG has one polyline per method in
   assert.is(panels.length, 2);
   for (const panel of panels) {
     const lines = [...panel.split('</g>')[0]!.matchAll(/<polyline data-method="([^"]+)" points="([^"]+)"/g)];
-    assert.equal(lines.map((m) => m[1]), METHODS.map((m) => m.name));
+    assert.equal(lines.map((m) => m[1]), RUN_METHODS.map((m) => m.name));
     for (const [, method, points] of lines) {
-      const budgets = METHODS.find((m) => m.name === method)!.budgets.length;
+      const budgets = RUN_METHODS.find((m) => m.name === method)!.budgets.length;
       const coords = points!.split(' ').map((p) => p.split(',').map(Number));
       assert.is(coords.length, budgets);
       assert.ok(coords.flat().every(Number.isFinite), points);
@@ -140,40 +142,41 @@ test('JSON and SVG are written and parse; the SVG has one polyline per method in
   }
 });
 
-test('a quantizer entry: calibrated on pre-RoPE keys, its dequantized keys rotated at their true positions', async () => {
-  // 8-bit round to nearest per token and head (absmax scale): close to exact, so any wrong
-  // position or a post-RoPE/pre-RoPE mix-up would show as a large attention error
-  const calibrated: number[][] = [];
-  const rtn8: QuantApi = {
-    calibrate: ({ keys, headDim }) => {
-      calibrated.push([...keys.shape]);
-      return { headDim };
-    },
-    quantize: async (keysPreRope, values) => {
-      const round = async (t: Tensor) => {
-        const data = (await t.data()) as Float32Array, D = t.shape[3]!, out = new Float32Array(data.length);
-        for (let r = 0; r < data.length / D; r++) {
-          const row = data.subarray(r * D, (r + 1) * D), scale = Math.max(...row.map(Math.abs)) / 127 || 1;
-          for (let d = 0; d < D; d++) out[r * D + d] = Math.round(row[d]! / scale) * scale;
-        }
-        return Tensor.from(out, t.shape, 'f32');
-      };
-      const [keys, vals] = [await round(keysPreRope), await round(values)];
-      const elements = keys.size + vals.size;
-      return { keys, values: vals, effectiveBits: 8 + 32 / 8, bytes: elements + (elements / keys.shape[3]!) * 4, dispose() {} };
-    },
-    dequantize: (qkv) => qkv as unknown as { keys: Tensor; values: Tensor },
+test('a quantization entry: pages from the true positions, the tail raw; rows at < 16 bits in both modes', async () => {
+  const dumps = [await captureDump(model, 'a', tokenizer.encode(tinyText(3, 80))), await captureDump(model, 'b', tokenizer.encode(tinyText(4, 80)))];
+  const calibration = await calibrationFrom(dumps, 'cpu');
+  const compress = await quantMethod('nuq2').prepare(calibration);
+  // a stretch at position 100: one 64-token page (pre-RoPE codes, rotated back at 100..163)
+  // and a 10-token raw tail (f16), which must come back as the exact post-RoPE keys
+  const layer = 0, start = 100, n = 74, D = calibration.headDim, H = CONFIG.kvHeads;
+  const source = calibration.layers[layer]!;
+  const take = async (t: Tensor<'f32'>) => {
+    const data = (await t.data()) as Float32Array, T = t.shape[2]!, out = new Float32Array(H * n * D);
+    for (let h = 0; h < H; h++) out.set(data.subarray((h * T + start) * D, (h * T + start + n) * D), h * n * D);
+    return Tensor.from(out, [1, H, n, D], 'f32');
   };
-  const dumps = [await captureDump(model, 'a', tokenizer.encode(tinyText(3, 50))), await captureDump(model, 'b', tokenizer.encode(tinyText(4, 50)))];
-  const quantRows = await runQuality({ model, tokenizer, stories, dumps, calibration: dumps, methods: [quantMethod(rtn8, 'rtn8')] });
-  assert.ok(calibrated.length >= CONFIG.layers);
-  for (const shape of calibrated) assert.equal(shape.slice(0, 2).concat(shape[3]!), [1, CONFIG.kvHeads, 8]);
+  const input = { layer, start, queries: Tensor.zeros([1, CONFIG.heads, n, D]), keys: await take(source.keys), keysPreRope: await take(source.keysPreRope), values: await take(source.values) };
+  const out = await compress(input, 1);
+  const [got, want] = [(await out.keys.data()) as Float32Array, (await input.keys.data()) as Float32Array];
+  let err = 0, norm = 0;
+  for (let h = 0; h < H; h++) {
+    for (let t = 0; t < n; t++) {
+      for (let d = 0; d < D; d++) {
+        const i = (h * n + t) * D + d;
+        if (t >= 64) assert.ok(Math.abs(got[i]! - want[i]!) <= 2e-3 * Math.max(1, Math.abs(want[i]!)), `raw tail token ${t}: ${got[i]} vs ${want[i]}`);
+        else err += (got[i]! - want[i]!) ** 2, norm += want[i]! ** 2;
+      }
+    }
+  }
+  assert.ok(Math.sqrt(err / norm) < 0.3, `page keys vs the true post-RoPE keys: rel error ${Math.sqrt(err / norm)}`);
+  assert.ok(out.bytes < n * H * D * 2 * 2, `bytes ${out.bytes}`);
+
+  const quantRows = await runQuality({ model, tokenizer, stories, dumps, calibration: dumps, methods: [quantMethod('nuq2')] });
+  assert.equal(quantRows.map((r) => r.mode).sort(), ['decode', 'prefill']);
   for (const row of quantRows) {
     assert.is(row.kept, 1);
-    assert.ok(Math.abs(row.bits - 12) < 1e-9, `bits ${row.bits}`);
-    assert.ok(row.relL2! < 0.02, `${row.mode} rel-L2 ${row.relL2}`);
-    const reference = byName(rows, 'uncompressed', row.mode).ppl;
-    assert.ok(Math.abs(row.ppl - reference) < 0.01 * reference, `${row.mode} ppl ${row.ppl} vs ${reference}`);
+    assert.ok(row.bits > 2 && row.bits < 16, `${row.mode} bits ${row.bits}`);
+    assert.ok(Number.isFinite(row.ppl) && Number.isFinite(row.relL2!), `${row.mode}: ${row.ppl} ${row.relL2}`);
   }
 });
 

@@ -185,6 +185,18 @@ test('residual slots: the worst channels are corrected (a spike comes back for p
   }
 });
 
+test('rotation: a norm past the f16 range saturates instead of overflowing (values of 9000 at D 64)', async () => {
+  const D = 64, T = 65, big = Tensor.from(Float32Array.from({ length: T * D }, (_, i) => (i % 3 ? 9000 : -9000)), [1, 1, T, D]);
+  for (const outliers of [0, 2]) {
+    const params = await calibrate({ mode: 'rot2', headDim: D, kvHeads: 1, outliers, recentTokens: 0 });
+    using qkv = await quantize(big, big, params);
+    const keys = await (await dequantize(qkv)).keys.data();
+    assert.ok(keys.every(Number.isFinite), 'finite');
+    const meta = (await qkv.pages.keyMeta!.data()) as Uint16Array;
+    assert.is(meta[0], 0x7bff, 'norm stored as 65504');
+  }
+});
+
 // ---- append ----------------------------------------------------------------------------------
 
 for (const mode of QUANT_MODES) {
@@ -338,6 +350,7 @@ badInputTests(test, [
   ['calibrate with NaN', () => calibrate({ keys: withNaN, values: good.values, mode: 'nuq2', headDim: 16 }), 'E_RANGE'],
   ['unknown calibrate option', () => calibrate({ mode: 'kivi2', headDim: 16, kvHeads: 2, bits: 2 } as never), 'E_RANGE'],
   ['quantize: NaN in a token that is encoded', () => quantize(withNaN, good.values, new QuantParams({ ...nuq.settings, recentTokens: 0 }, nuq.arrays)), 'E_RANGE'],
+  ['quantize: a value past the f16 range of the scales', () => quantize(Tensor.from(new Float32Array(2 * 100 * 16).fill(7e4), [1, 2, 100, 16]), good.values, new QuantParams({ ...nuq.settings, recentTokens: 0, rawDtype: 'f32' }, nuq.arrays)), 'E_RANGE'],
   ['quantize: heads differ from params', () => quantize(Tensor.zeros([1, 3, 100, 16]), Tensor.zeros([1, 3, 100, 16]), nuq), 'E_SHAPE'],
   ['quantize: values shape', () => quantize(good.keys, Tensor.zeros([1, 2, 99, 16]), nuq), 'E_SHAPE'],
   ['quantize: integer keys', () => quantize(Tensor.zeros([1, 2, 100, 16], 'i32'), good.values, nuq), 'E_DTYPE'],

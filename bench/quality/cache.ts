@@ -92,9 +92,11 @@ export class LayerCache {
   private readonly budget: number;
   private readonly device: Device;
   private readonly attend: AttentionOverride | undefined;
+  private readonly minStretch: number;
 
-  constructor(options: { layer: number; kvHeads: number; headDim: number; compressor: Compressor; budget: number; device: Device; attend?: AttentionOverride }) {
+  constructor(options: { layer: number; kvHeads: number; headDim: number; compressor: Compressor; budget: number; device: Device; attend?: AttentionOverride; minStretch?: number }) {
     ({ layer: this.layer, kvHeads: this.kvHeads, headDim: this.headDim, compressor: this.compressor, budget: this.budget, device: this.device, attend: this.attend } = options);
+    this.minStretch = options.minStretch ?? 0;
   }
 
   /** Tokens held (compressed or raw). */
@@ -142,7 +144,8 @@ export class LayerCache {
     let first = this.raw.length, recent = 0; // raw[first..] stay raw
     while (first > 0 && recent + this.raw[first - 1]!.tokens <= keepRecent) recent += this.raw[--first]!.tokens;
     const taken = this.raw.slice(0, first);
-    if (taken.length === 0) return;
+    // methods that work in units (64-token quantization pages) wait for a long enough stretch
+    if (taken.length === 0 || (keepRecent > 0 && taken.reduce((n, b) => n + b.tokens, 0) < this.minStretch)) return;
     const input = this.rawInput(taken);
     const tensors = await Promise.all([input.queries, input.keys, input.keysPreRope, input.values].map(async (t) => (this.device === 'cpu' ? t : t.to(this.device))));
     const [queries, keys, keysPreRope, values] = tensors as [Tensor<'f32'>, Tensor<'f32'>, Tensor<'f32'>, Tensor<'f32'>];

@@ -132,10 +132,12 @@ async function compressAfter(cache: { compress(keepRecent: number): Promise<void
 interface Prepared {
   compressor: Compressor;
   attend?: AttentionOverride;
+  /** decode mode: compress only stretches of at least this many tokens */
+  minStretch?: number;
 }
 
 async function prepare(method: Method, calibration: Calibration, budget: number): Promise<Prepared> {
-  if (method.kind === 'cache') return { compressor: await method.prepare(calibration) };
+  if (method.kind === 'cache') return { compressor: await method.prepare(calibration), minStretch: method.decodeMinTokens };
   // the cache of an attention method stays raw: compressing is keeping every token
   return { compressor: await uncompressed.prepare(calibration), attend: await method.prepare(calibration, budget) };
 }

@@ -9,9 +9,11 @@
  * An 'attention' entry (pyramid attention, to come) keeps the cache raw and replaces the
  * attention op itself.
  */
-import { attentionScores, gaussianMerge, softMatch, Tensor, type CompressedKV } from '../../lib/index.js';
+import {
+  attentionScores, calibrate, dequantize, gaussianMerge, QUANT_MODES, QuantParams, quantize, softMatch, Tensor, type CompressedKV, type QuantMode,
+} from '../../lib/index.js';
 import { DENSE_ELEMENT_BYTES, type AttentionOverride, type Compressed, type Compressor } from './cache.js';
-import { applyRope, ROPE_THETA, type LayerKV } from './model.js';
+import { ROPE_THETA, type LayerKV } from './model.js';
 
 /** Per layer, K/V of calibration text [1, Hkv, T, D] on the run's device. */
 export interface CalibrationLayer {
@@ -38,6 +40,8 @@ interface EntryBase {
 
 export interface CacheMethod extends EntryBase {
   kind: 'cache';
+  /** decode mode compresses only stretches of at least this many tokens (default: every block) */
+  decodeMinTokens?: number;
   prepare(calibration: Calibration): Promise<Compressor>;
 }
 
@@ -105,49 +109,41 @@ export const softMatchMethod: CacheMethod = {
 };
 
 /** What quantize returns, as far as the harness needs it. */
-export interface QuantizedLike {
-  effectiveBits: number;
-  /** stored bytes: codes plus scales and zero points, keys and values */
-  bytes: number;
-  dispose(): void;
-}
-
-/** The quantization API being written in lib/ (its announced shape). */
-export interface QuantApi {
-  calibrate(data: { keys: Tensor; values: Tensor; mode: string; headDim: number }): unknown;
-  quantize(keysPreRope: Tensor, values: Tensor, params: unknown, options: { ropeTheta: number; ropeStyle: 'interleaved' }): Promise<QuantizedLike> | QuantizedLike;
-  dequantize(qkv: QuantizedLike, options: { applyRope: boolean }): Promise<{ keys: Tensor; values: Tensor }> | { keys: Tensor; values: Tensor };
-}
-
 /**
  * One quantization mode as a registry entry: per layer, calibrated on the pre-RoPE keys and
- * values of the calibration data; quantizes pre-RoPE keys (every token kept, so budget is
- * 1). Dequantized keys are rotated here at their true positions: a decode block starts
- * past position 0, and the announced dequantize rotates from 0.
+ * values of the calibration data (1 sink token, no recent window: the harness keeps its own
+ * raw window). Each stretch handed over is quantized from its true position; whole 64-token
+ * pages are coded and a shorter tail stays raw f16 (counted in its bytes). Decode mode hands
+ * over stretches of at least one page (every other 32-token block).
  */
-export function quantMethod(api: QuantApi, mode: string): CacheMethod {
+export function quantMethod(mode: QuantMode, outliers = 0): CacheMethod {
   return {
-    kind: 'cache', name: mode, family: 'quant', budgets: [1],
-    decode: 'each block of 32 new tokens is quantized on its own with the calibrated parameters',
+    kind: 'cache', name: outliers ? `${mode}+${outliers}o` : mode, family: 'quant', budgets: [1], decodeMinTokens: 64,
+    decode: 'every 64 new tokens (behind the raw window) are quantized as pages; the first token stays f16 (sink)',
     prepare: async (calibration) => {
-      const params = await Promise.all(calibration.layers.map((l) => api.calibrate({ keys: l.keysPreRope, values: l.values, mode, headDim: calibration.headDim })));
+      const params = await Promise.all(calibration.layers.map((l) => calibrate({
+        keys: l.keysPreRope, values: l.values, mode, headDim: calibration.headDim, outliers, sinkTokens: 1, recentTokens: 0, iterations: 25,
+      })));
       return async (input: LayerKV) => {
-        const qkv = await api.quantize(input.keysPreRope, input.values, params[input.layer], { ropeTheta: ROPE_THETA, ropeStyle: 'interleaved' });
+        const base = params[input.layer]!, sink = input.start === 0 ? 1 : 0;
+        const layerParams = sink === base.settings.sinkTokens ? base : new QuantParams({ ...base.settings, sinkTokens: sink }, base.arrays);
+        const [, , T] = input.keysPreRope.shape as [number, number, number];
+        using positions = Tensor.from(Int32Array.from({ length: T }, (_, t) => input.start + t), [1, T], 'i32');
+        const placed = input.keys.device === 'cpu' ? positions : await positions.to(input.keys.device);
         try {
-          const { keys: preRope, values } = await api.dequantize(qkv, { applyRope: false });
-          const [, H, T, D] = preRope.shape as [number, number, number, number];
-          const rotated = (await preRope.data()) as Float32Array;
-          preRope.dispose();
-          applyRope(rotated, D, (row) => input.start + (row % T));
-          const host = Tensor.from(rotated, [1, H, T, D], 'f32');
-          return { keys: input.keys.device === 'cpu' ? host : await host.to(input.keys.device), values, bytes: qkv.bytes };
+          using qkv = await quantize(input.keysPreRope, input.values, layerParams, { ropeTheta: ROPE_THETA, ropeStyle: 'interleaved', positions: placed });
+          const { keys, values } = await dequantize(qkv, { applyRope: true });
+          return { keys, values, bytes: qkv.bytes };
         } finally {
-          qkv.dispose();
+          if (placed !== positions) placed.dispose();
         }
       };
     },
   };
 }
 
-/** Every method the harness runs; quantization modes join as quantMethod(api, mode) entries. */
-export const METHODS: Method[] = [uncompressed, gaussianMergeMethod, softMatchMethod];
+/** Every method the harness runs. */
+export const METHODS: Method[] = [
+  uncompressed, gaussianMergeMethod, softMatchMethod,
+  ...QUANT_MODES.map((mode) => quantMethod(mode)), quantMethod('nuq2', 1),
+];

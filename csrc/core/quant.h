@@ -42,6 +42,9 @@
 namespace kvs {
 
 constexpr int kQuantPageTokens = 64;
+// The error both backends report for input the format cannot encode (quant_codec.h, encodable).
+constexpr const char* kQuantRangeMessage =
+    "quantize: keys or values hold NaN, infinity, or a magnitude above 65504 (the f16 range of the format's scales)";
 constexpr int kQuantMaxOutliers = 8;
 constexpr int kQuantMaxHeadDim = 256;
 constexpr int kVqGroup = 8;       // channels per coupled (vector-quantized) unit

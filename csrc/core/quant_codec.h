@@ -21,8 +21,8 @@
 //    channel-normalized (x - z) * inv (cq1 keys, no clamp). code = argmin_e sum_i (u_i -
 //    C[e]_i)^2, the sum an fma chain over i ascending, ties to the lower entry; x^_i =
 //    C[code]_i (values) or fma(C[code]_i, r, z) (keys). Codebook C[h][group][256][8].
-//  Rotation (data-oblivious): n = sqrt(sum x_d^2) (fma chain, d ascending), N = f16(n),
-//    meta[i] = N. y = FWHT(sign .* x) (unnormalized butterflies, below), t_d = (y_d * isd)
+//  Rotation (data-oblivious): n = sqrt(sum x_d^2) (fma chain, d ascending), N = f16(n)
+//    (saturated at 65504), meta[i] = N. y = FWHT(sign .* x) (unnormalized butterflies, below), t_d = (y_d * isd)
 //    * g with isd = 1/sqrt(D), g = sqrt(D)/N (0 when N = 0): about N(0, 1). Codes: the
 //    Lloyd-Max quantizer of N(0, 1), 2 bits (rot2; rot1.5 for d < D/2) or 1 bit (rot1.5,
 //    d >= D/2), code = #{j : t > beta_j}. Decode: w_d = level_code * (N * isd); x^ = sign .*
@@ -165,6 +165,12 @@ KVS_HOST_DEVICE inline void apply_rope(const Rope& rope, int32_t D, int64_t pos,
     }
   }
 }
+
+// The format's f16 scales and norms cover |x| <= 65504: every value a page encodes (after
+// rounding to the raw dtype and RoPE) must be within it (NaN is not); quantize fails with
+// E_RANGE otherwise, so encode_vector only ever sees finite, representable input.
+constexpr float kQuantMaxMagnitude = 65504.f;
+KVS_HOST_DEVICE inline bool encodable(float x) { return fabsf(x) <= kQuantMaxMagnitude; }
 
 // ---- scalar quantizers -------------------------------------------------------------------
 
@@ -408,7 +414,8 @@ KVS_HOST_DEVICE inline void encode_vector(const VectorContext& v, const float* x
     case Codec::Rotation: {
       float sum = 0.f;
       for (int32_t d = 0; d < D; ++d) sum = fma_rn(x[d], x[d], sum);
-      const uint16_t n16 = float_to_half(sqrt_rn(sum));
+      uint16_t n16 = float_to_half(sqrt_rn(sum));
+      if (n16 == 0x7c00u) n16 = 0x7bffu;  // a norm past the f16 range saturates at 65504
       v.meta[v.token] = n16;
       const float norm = half_to_float(n16), sqrt_d = sqrt_rn(static_cast<float>(D));
       const float isd = div_rn(1.f, sqrt_d), gain = norm > 0.f ? div_rn(sqrt_d, norm) : 0.f;
@@ -426,6 +433,7 @@ KVS_HOST_DEVICE inline void encode_vector(const VectorContext& v, const float* x
   for (int32_t d = 0; d < D; ++d) work[d] = fabsf(sub_rn(x[d], xhat[d]));
   for (int32_t s = 0; s < f.outliers; ++s) {
     const int32_t d = take_largest(work, D);
+    if (d < 0) break;  // unreachable for encodable input; keeps every index in range regardless
     const uint16_t residual = float_to_half(sub_rn(x[d], xhat[d]));
     if ((residual & 0x7fffu) == 0) break;  // this and every smaller error round to zero
     slots.index[s] = static_cast<uint8_t>(d);
@@ -433,9 +441,10 @@ KVS_HOST_DEVICE inline void encode_vector(const VectorContext& v, const float* x
   }
 }
 
-KVS_HOST_DEVICE inline void add_residuals(const uint8_t* index, const uint16_t* value, int32_t outliers, float* xhat) {
+// Slots whose index is past D (only possible in corrupted pages) are ignored.
+KVS_HOST_DEVICE inline void add_residuals(const uint8_t* index, const uint16_t* value, int32_t outliers, int32_t D, float* xhat) {
   for (int32_t s = 0; s < outliers; ++s)
-    if ((value[s] & 0x7fffu) != 0) xhat[index[s]] = add_rn(xhat[index[s]], half_to_float(value[s]));
+    if ((value[s] & 0x7fffu) != 0 && index[s] < D) xhat[index[s]] = add_rn(xhat[index[s]], half_to_float(value[s]));
 }
 
 // UniformChannel page statistics: meta for 32-token group g, channel d from that group's

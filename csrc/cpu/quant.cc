@@ -78,7 +78,7 @@ void decode_token(const QuantFormat& f, bool is_key, int32_t h, int32_t t, const
   }
   const VectorContext ctx{&f, codec, is_key, h, t, in.meta};
   dequantize_units(ctx, codes.data(), xhat);
-  if (f.outliers > 0) add_residuals(in.outlier_index + t * f.outliers, in.outlier_value + t * f.outliers, f.outliers, xhat);
+  if (f.outliers > 0) add_residuals(in.outlier_index + t * f.outliers, in.outlier_value + t * f.outliers, f.outliers, D, xhat);
 }
 
 }  // namespace
@@ -95,16 +95,18 @@ void quant_encode(const QuantEncodeProblem& p) {
       for (int32_t t = 0; t < kQuantPageTokens; ++t) {
         const int64_t j = p.src_start + i * kQuantPageTokens + t;
         const int64_t row = ((b * f.Hkv + h) * p.Ts + j) * D;
+        float* key = keys.data() + static_cast<size_t>(t) * D;
+        float* value = values.data() + static_cast<size_t>(t) * D;
         for (int32_t d = 0; d < D; ++d) {
-          const float k = load_storage(p.keys, p.dtype, row + d), v = load_storage(p.values, p.dtype, row + d);
-          if (!std::isfinite(k) || !std::isfinite(v)) throw Error(KVS_E_RANGE, "quantize: keys or values hold NaN or infinity");
-          keys[static_cast<size_t>(t) * D + d] = round_to_storage(k, f.raw_dtype);
-          values[static_cast<size_t>(t) * D + d] = round_to_storage(v, f.raw_dtype);
+          key[d] = round_to_storage(load_storage(p.keys, p.dtype, row + d), f.raw_dtype);
+          value[d] = round_to_storage(load_storage(p.values, p.dtype, row + d), f.raw_dtype);
         }
         if (rotate_keys) {
           const int64_t pos = p.positions ? p.positions[b * p.Ts + j] : p.position_offset + j;
-          apply_rope(p.rope, D, pos, false, keys.data() + static_cast<size_t>(t) * D);
+          apply_rope(p.rope, D, pos, false, key);
         }
+        for (int32_t d = 0; d < D; ++d)
+          if (!encodable(key[d]) || !encodable(value[d])) throw Error(KVS_E_RANGE, kQuantRangeMessage);
       }
       const int64_t page_unit = page_head_index(b, p.page_start + i, h, p.pages.capacity, f.Hkv);
       encode_page(f, true, static_cast<int32_t>(h), keys, page_arrays(p.pages, f, true, page_unit));

@@ -241,7 +241,7 @@ export interface CalibrateOptions {
   rawDtype?: RawDType;
   /** Lloyd iterations of the 8-D codebooks (default 50) */
   iterations?: number;
-  /** calibration vectors per 8-channel group for the 8-D codebooks (default 8192, strided sample) */
+  /** calibration vectors per 8-channel group for the 8-D codebooks (default 8192, an evenly spread sample) */
   maxVqSamples?: number;
   device?: DeviceLike;
 }
@@ -313,12 +313,12 @@ async function codebook1d(samples: number[], s: QuantSettings, what: string): Pr
 async function vqCodebooks(rows: Float32Array[], s: QuantSettings, iterations: number, maxSamples: number, what: string): Promise<Float32Array> {
   const { headDim: D, kvHeads: H } = s, groups = D / VQ_GROUP, n = rows[0]!.length / D;
   if (n < VQ_ENTRIES) fail('E_SHAPE', `${what}: ${n} calibration tokens per head, the 256-entry codebooks need at least ${VQ_ENTRIES}`);
-  const stride = Math.max(1, Math.ceil(n / maxSamples)), used = Math.ceil(n / stride);
+  const used = Math.min(n, maxSamples), pick = (i: number) => Math.floor((i * n) / used); // evenly spread rows
   const data = new Float32Array(H * groups * used * VQ_GROUP);
   for (let h = 0; h < H; h++)
     for (let g = 0; g < groups; g++)
       for (let i = 0; i < used; i++)
-        for (let c = 0; c < VQ_GROUP; c++) data[((h * groups + g) * used + i) * VQ_GROUP + c] = rows[h]![i * stride * D + g * VQ_GROUP + c]!;
+        for (let c = 0; c < VQ_GROUP; c++) data[((h * groups + g) * used + i) * VQ_GROUP + c] = rows[h]![pick(i) * D + g * VQ_GROUP + c]!;
   using input = Tensor.from(data, [H * groups, used, VQ_GROUP], 'f32');
   using centroids = await kmeans(input, { k: VQ_ENTRIES, iterations, seed: s.seed });
   return (await centroids.data()) as Float32Array;
