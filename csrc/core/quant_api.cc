@@ -113,6 +113,7 @@ extern "C" kvs_status kvs_quant_encode(const kvs_quant_format* format, const kvs
                                        const kvs_tensor* values, const kvs_tensor* positions, int64_t position_offset,
                                        int64_t src_start, const kvs_quant_pages* pages, int64_t page_start, int64_t n_pages,
                                        void* stream) {
+  (void)stream;  // only the CUDA path uses it
   return guarded([&] {
     check_tensor(keys, "keys");
     check_rank(*keys, 4, "keys");
@@ -207,6 +208,7 @@ int64_t cache_tokens(const QuantDecodeProblem& p) { return p.sink + p.n_pages * 
 
 extern "C" kvs_status kvs_quant_decode(const kvs_quant_format* format, const kvs_rope* rope, const kvs_quant_cache* cache,
                                        int32_t apply_rope, const kvs_tensor* out_keys, const kvs_tensor* out_values, void* stream) {
+  (void)stream;  // only the CUDA path uses it
   return guarded([&] {
     check_tensor(out_keys, "outKeys");
     check_rank(*out_keys, 4, "outKeys");
@@ -281,6 +283,7 @@ extern "C" kvs_status kvs_quant_attention(const kvs_quant_format* format, const 
 
 extern "C" kvs_status kvs_copy_rows(const kvs_tensor* src, int32_t axis, int64_t src_start, const kvs_tensor* dst, int64_t dst_start,
                                     int64_t count, void* stream) {
+  (void)stream;  // only the CUDA path uses it
   return guarded([&] {
     check_tensor(src, "src");
     check_tensor(dst, "dst");

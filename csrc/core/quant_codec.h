@@ -174,12 +174,17 @@ KVS_HOST_DEVICE inline bool encodable(float x) { return fabsf(x) <= kQuantMaxMag
 
 // ---- scalar quantizers -------------------------------------------------------------------
 
-// #{j : t > (c_j + c_{j+1}) / 2} over a sorted codebook of n entries.
-KVS_HOST_DEVICE inline uint32_t nearest_level(float t, const float* c, int32_t n) {
-  uint32_t code = 0;
-  for (int32_t j = 0; j + 1 < n; ++j) code += t > mul_rn(add_rn(c[j], c[j + 1]), 0.5f) ? 1u : 0u;
-  return code;
-}
+// The decision boundaries (c_j + c_{j+1}) / 2 of a sorted 4-entry codebook, computed once
+// per vector; a code is #{j : t > boundary_j}.
+struct NuqBoundaries {
+  float beta[kNuqLevels - 1];
+  KVS_HOST_DEVICE explicit NuqBoundaries(const float* c) {
+    for (int32_t j = 0; j + 1 < kNuqLevels; ++j) beta[j] = mul_rn(add_rn(c[j], c[j + 1]), 0.5f);
+  }
+  KVS_HOST_DEVICE uint32_t code(float t) const {
+    return (t > beta[0] ? 1u : 0u) + (t > beta[1] ? 1u : 0u) + (t > beta[2] ? 1u : 0u);
+  }
+};
 
 KVS_HOST_DEVICE inline float clamp_unit(float t) { return t < -1.f ? -1.f : (t > 1.f ? 1.f : t); }
 
@@ -242,13 +247,12 @@ KVS_HOST_DEVICE inline float lloyd_max_level(bool two_bits, uint32_t code) {
   }
 }
 
-// nearest_level over the Lloyd-Max levels.
+// #{j : t > (level_j + level_{j+1}) / 2} over the Lloyd-Max levels; the boundaries are
+// exact f32 constants (-0.98159885..., 0, +0.98159885...: the midpoint rounded once).
 KVS_HOST_DEVICE inline uint32_t lloyd_max_code(float t, bool two_bits) {
-  const int32_t n = two_bits ? 4 : 2;
-  uint32_t code = 0;
-  for (int32_t j = 0; j + 1 < n; ++j)
-    code += t > mul_rn(add_rn(lloyd_max_level(two_bits, j), lloyd_max_level(two_bits, j + 1)), 0.5f) ? 1u : 0u;
-  return code;
+  if (!two_bits) return t > 0.f ? 1u : 0u;
+  const float outer = mul_rn(add_rn(1.5104176085f, 0.4527800346f), 0.5f);
+  return (t > -outer ? 1u : 0u) + (t > 0.f ? 1u : 0u) + (t > outer ? 1u : 0u);
 }
 
 // ---- one vector --------------------------------------------------------------------------
@@ -360,12 +364,11 @@ KVS_HOST_DEVICE inline void encode_vector(const VectorContext& v, const float* x
       }
       break;
     }
-    case Codec::NuqChannel:
-      for (int32_t d = 0; d < D; ++d) {
-        const float t = mul_rn(sub_rn(x[d], f.key_zero[hd + d]), f.key_inv_range[hd + d]);
-        codes[d] = nearest_level(clamp_unit(t), f.key_codebook, kNuqLevels);
-      }
+    case Codec::NuqChannel: {
+      const NuqBoundaries levels(f.key_codebook);
+      for (int32_t d = 0; d < D; ++d) codes[d] = levels.code(clamp_unit(mul_rn(sub_rn(x[d], f.key_zero[hd + d]), f.key_inv_range[hd + d])));
       break;
+    }
     case Codec::NuqToken: {
       for (int32_t d = 0; d < D; ++d) work[d] = fabsf(x[d]);
       for (int32_t s = 0; s < f.outliers; ++s) take_largest(work, D);
@@ -382,7 +385,8 @@ KVS_HOST_DEVICE inline void encode_vector(const VectorContext& v, const float* x
       v.meta[2 * v.token] = z16;
       v.meta[2 * v.token + 1] = r16;
       const float z = half_to_float(z16), inv = reciprocal_or_zero(half_to_float(r16));
-      for (int32_t d = 0; d < D; ++d) codes[d] = nearest_level(clamp_unit(mul_rn(sub_rn(x[d], z), inv)), f.value_codebook, kNuqLevels);
+      const NuqBoundaries levels(f.value_codebook);
+      for (int32_t d = 0; d < D; ++d) codes[d] = levels.code(clamp_unit(mul_rn(sub_rn(x[d], z), inv)));
       break;
     }
     case Codec::Vq: {
@@ -397,12 +401,15 @@ KVS_HOST_DEVICE inline void encode_vector(const VectorContext& v, const float* x
         uint32_t best = 0;
         float best_distance = 0.f;
         for (uint32_t e = 0; e < static_cast<uint32_t>(kVqEntries); ++e) {
+          // The chain only grows (each step adds a square, rounded monotonically), so once it
+          // reaches the best distance this entry cannot win: stopping early is exact.
           float distance = 0.f;
-          for (int32_t i = 0; i < kVqGroup; ++i) {
+          int32_t i = 0;
+          for (; i < kVqGroup && (e == 0 || distance < best_distance); ++i) {
             const float diff = sub_rn(u[i], entries[e * kVqGroup + i]);
             distance = fma_rn(diff, diff, distance);
           }
-          if (e == 0 || distance < best_distance) {
+          if (e == 0 || (i == kVqGroup && distance < best_distance)) {
             best = e;
             best_distance = distance;
           }

@@ -40,8 +40,20 @@ PageArrays page_arrays(const QuantPages& pages, const QuantFormat& f, bool is_ke
   return a;
 }
 
+// Where each unit's code sits within a token's bits (computed once per call, not per code).
+struct UnitLayout {
+  std::vector<int32_t> offset, width;
+  int32_t vector_bits;
+  UnitLayout(const QuantFormat& f, Codec codec) : vector_bits(kvs::vector_bits(f.mode, codec, f.D)) {
+    for (int32_t u = 0; u < unit_count(codec, f.D); ++u) {
+      offset.push_back(unit_bit_offset(f.mode, codec, f.D, u));
+      width.push_back(unit_width(f.mode, codec, f.D, u));
+    }
+  }
+};
+
 // One page of one head, keys or values: x holds the 64 tokens in the codec domain.
-void encode_page(const QuantFormat& f, bool is_key, int32_t h, const std::vector<float>& x, const PageArrays& out) {
+void encode_page(const QuantFormat& f, bool is_key, int32_t h, const std::vector<float>& x, const PageArrays& out, const UnitLayout& layout) {
   const Codec codec = is_key ? key_codec(f.mode) : value_codec(f.mode);
   const int32_t D = f.D;
   std::memset(out.codes, 0, sizeof(uint32_t) * words_per_page(f.mode, codec, D));
@@ -52,12 +64,12 @@ void encode_page(const QuantFormat& f, bool is_key, int32_t h, const std::vector
   std::vector<uint32_t> codes(D);
   std::vector<float> work(D), xhat(D);
   VectorSlots slots;
-  const int32_t bits = vector_bits(f.mode, codec, D);
   for (int32_t t = 0; t < kQuantPageTokens; ++t) {
     const VectorContext ctx{&f, codec, is_key, h, t, out.meta};
     encode_vector(ctx, x.data() + static_cast<size_t>(t) * D, codes.data(), slots, work.data(), xhat.data());
-    for (int32_t u = 0; u < unit_count(codec, D); ++u) {
-      const int64_t bit = static_cast<int64_t>(t) * bits + unit_bit_offset(f.mode, codec, D, u);
+    const int64_t first_bit = static_cast<int64_t>(t) * layout.vector_bits;
+    for (size_t u = 0; u < layout.offset.size(); ++u) {
+      const int64_t bit = first_bit + layout.offset[u];
       out.codes[bit >> 5] |= codes[u] << (bit & 31);
     }
     for (int32_t s = 0; s < f.outliers; ++s) {
@@ -68,14 +80,12 @@ void encode_page(const QuantFormat& f, bool is_key, int32_t h, const std::vector
 }
 
 // Token `t` of a page, dequantized into xhat (codec domain, residuals added).
-void decode_token(const QuantFormat& f, bool is_key, int32_t h, int32_t t, const PageArrays& in, std::vector<uint32_t>& codes,
-                  float* xhat) {
+void decode_token(const QuantFormat& f, bool is_key, int32_t h, int32_t t, const PageArrays& in, const UnitLayout& layout,
+                  std::vector<uint32_t>& codes, float* xhat) {
   const Codec codec = is_key ? key_codec(f.mode) : value_codec(f.mode);
-  const int32_t D = f.D, bits = vector_bits(f.mode, codec, D);
-  for (int32_t u = 0; u < unit_count(codec, D); ++u) {
-    const int64_t bit = static_cast<int64_t>(t) * bits + unit_bit_offset(f.mode, codec, D, u);
-    codes[u] = read_unit(in.codes, bit, unit_width(f.mode, codec, D, u));
-  }
+  const int32_t D = f.D;
+  for (size_t u = 0; u < layout.offset.size(); ++u)
+    codes[u] = read_unit(in.codes, static_cast<int64_t>(t) * layout.vector_bits + layout.offset[u], layout.width[u]);
   const VectorContext ctx{&f, codec, is_key, h, t, in.meta};
   dequantize_units(ctx, codes.data(), xhat);
   if (f.outliers > 0) add_residuals(in.outlier_index + t * f.outliers, in.outlier_value + t * f.outliers, f.outliers, D, xhat);
@@ -88,6 +98,7 @@ void quant_encode(const QuantEncodeProblem& p) {
   const int32_t D = f.D;
   const bool rotate_keys = encodes_post_rope(key_codec(f.mode));
   const int64_t units = p.B * p.n_pages * f.Hkv;
+  const UnitLayout key_layout(f, key_codec(f.mode)), value_layout(f, value_codec(f.mode));
   parallel_for(units, [&](int64_t begin, int64_t end) {
     std::vector<float> keys(static_cast<size_t>(kQuantPageTokens) * D), values(keys.size());
     for (int64_t unit = begin; unit < end; ++unit) {
@@ -109,8 +120,8 @@ void quant_encode(const QuantEncodeProblem& p) {
           if (!encodable(key[d]) || !encodable(value[d])) throw Error(KVS_E_RANGE, kQuantRangeMessage);
       }
       const int64_t page_unit = page_head_index(b, p.page_start + i, h, p.pages.capacity, f.Hkv);
-      encode_page(f, true, static_cast<int32_t>(h), keys, page_arrays(p.pages, f, true, page_unit));
-      encode_page(f, false, static_cast<int32_t>(h), values, page_arrays(p.pages, f, false, page_unit));
+      encode_page(f, true, static_cast<int32_t>(h), keys, page_arrays(p.pages, f, true, page_unit), key_layout);
+      encode_page(f, false, static_cast<int32_t>(h), values, page_arrays(p.pages, f, false, page_unit), value_layout);
     }
   });
 }
@@ -120,6 +131,7 @@ void quant_decode(const QuantDecodeProblem& p) {
   const int32_t D = f.D;
   const bool post_rope_pages = encodes_post_rope(key_codec(f.mode));
   const int64_t paged = p.n_pages * kQuantPageTokens, T = p.sink + paged + p.recent;
+  const UnitLayout key_layout(f, key_codec(f.mode)), value_layout(f, value_codec(f.mode));
   parallel_for(p.B * f.Hkv, [&](int64_t begin, int64_t end) {
     std::vector<uint32_t> codes(D);
     for (int64_t bh = begin; bh < end; ++bh) {
@@ -132,8 +144,8 @@ void quant_decode(const QuantDecodeProblem& p) {
           const int64_t page = (t - p.sink) / kQuantPageTokens;
           const int32_t token = static_cast<int32_t>((t - p.sink) % kQuantPageTokens);
           const int64_t unit = page_head_index(b, page, h, p.pages.capacity, f.Hkv);
-          decode_token(f, true, static_cast<int32_t>(h), token, page_arrays(p.pages, f, true, unit), codes, key);
-          decode_token(f, false, static_cast<int32_t>(h), token, page_arrays(p.pages, f, false, unit), codes, value);
+          decode_token(f, true, static_cast<int32_t>(h), token, page_arrays(p.pages, f, true, unit), key_layout, codes, key);
+          decode_token(f, false, static_cast<int32_t>(h), token, page_arrays(p.pages, f, false, unit), value_layout, codes, value);
         } else {
           const int64_t slot = t < p.sink ? t : t - paged;
           const int64_t row = (bh * p.raw_capacity + slot) * D;
