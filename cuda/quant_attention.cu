@@ -1,0 +1,716 @@
+// Decode attention straight over the quantized cache (QuantAttentionProblem, csrc/core/quant.h):
+// the kernels read codes, meta, residual slots and raw sink/recent rows and never write a
+// dequantized copy. The math is kvs_attention's over the cache as quant_decode writes it
+// (keys post-RoPE); the operation order differs from the CPU reference only in f32
+// summation order and in RoPE's cos/sin (sincosf, within 2 ulp of the contract's
+// double-rounded values), which quant.h's tolerance covers.
+//
+// Split-K in two kernels:
+//  1. qattn_split_kernel: a block per (sequence b, KV head h, chunk of that head's query rows,
+//     token split). Rows number (query head g of h's GQA group, query i) as g * Tq + i (the
+//     order of q, out and lse), so every row of the group shares each decoded key and value.
+//     The block's 4 warps take 32-token chunks of the split in turn:
+//       keys, a lane per token: the lane decodes its token's key unit by unit in registers,
+//       applies RoPE pair by pair where the key is not stored post-RoPE (cos/sin once per
+//       (token, frequency), shared by all the block's rows), and dots it with every row's
+//       query; residual slots are added as separate rank-1 terms (rotated like the key);
+//       softmax: an online (running max, sum) per row and warp, in f32;
+//       values, a lane per output dim: for each token of the chunk the lanes decode their
+//       dims and accumulate p * v for every row.
+//     Rotation codecs (rot2, rot1.5) never run the inverse Hadamard transform per token:
+//     <q, sign .* H w * isd> = <isd * H(sign .* q), w>, so keys are scored against a
+//     transformed query, and values accumulate sum_t p_t w_t in the rotated domain, which
+//     the block transforms back once, at its end (H is linear).
+//     The warps' states are merged in shared memory into one partial (max, sum, output)
+//     per row and split, written to scratch.
+//  2. qattn_merge_kernel: a warp per row combines the splits' partials into out and lse.
+//
+// Cost notes: the per-head statics (NUQ zero/range, scalar codebooks, RoPE frequencies) sit
+// in shared memory; the 8-D VQ codebooks (128 KB per head and side at D = 128) are read
+// through L1/L2. Dot products use the CUDA cores (no tensor-core MMA yet).
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "common.cuh"
+#include "scratch.cuh"
+#include "core/attention.h"
+#include "core/cuda_runtime.h"
+#include "core/error.h"
+#include "core/quant.h"
+#include "core/quant_codec.h"
+#include "kvsquash.h"
+
+namespace kvs::cuda {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kChunkTokens = kWarpSize;                 // scoring gives each lane one key
+constexpr int kSplitQuantum = kWarps * kChunkTokens;    // a split is a whole number of block rounds
+constexpr int kBlocksPerSm = 4;                         // split-K aims at this many blocks per SM
+constexpr int kMergeWarps = 4;
+constexpr size_t kSharedMemoryWithoutOptIn = 48 * 1024;
+
+// Output dims per lane (D <= 32 * kDimsPerLane) and query rows per block: the per-lane
+// accumulators (rows x dims per lane) stay at 32 floats.
+template <int kDimsPerLane>
+__host__ __device__ constexpr int rows_per_block() {
+  return kDimsPerLane >= 8 ? 4 : 8;
+}
+
+// One side (keys or values) of the pages.
+struct PageSide {
+  Codec codec;
+  int32_t vector_bits, words_per_page, meta_per_page;
+  const uint32_t* codes;
+  const uint16_t* meta;            // nullptr when the codec has none
+  const uint8_t* outlier_index;    // nullptr when format.outliers == 0
+  const uint16_t* outlier_value;
+  const void* raw;                 // [B, Hkv, Rcap, D] sink then recent rows, raw dtype
+};
+
+struct SplitArgs {
+  QuantFormat format;
+  Rope rope;
+  PageSide key, value;
+  int64_t capacity, n_pages, sink, T, raw_capacity;
+  const int32_t* positions;  // [B, positions_stride] or nullptr (position = token index)
+  int64_t positions_stride;
+  const void* q;
+  kvs_dtype q_dtype;
+  const int32_t* kv_lengths;  // [B, Hkv] or nullptr
+  int64_t Tq, rows_per_head, row_chunks, splits, split_tokens;
+  float scale;
+  bool causal;
+  bool rope_page_keys;  // page keys are stored pre-RoPE and the cache has RoPE
+  float* partial_out;   // [rows, splits, D], relative to exp(partial max)
+  float2* partial_state;  // [rows, splits]: (max, sum)
+};
+
+struct MergeArgs {
+  const float* partial_out;
+  const float2* partial_state;
+  void* out;
+  kvs_dtype out_dtype;
+  float* lse;  // or nullptr
+  int64_t rows, splits;
+  int32_t D;
+};
+
+// Shared memory of a split block, in floats: queries [R][D] (and their rotated copies for
+// the Rotation codec), RoPE frequencies [D/2], key zero/range [D] each, the two 4-level
+// codebooks, then the per-warp states for the final merge: outputs [kWarps][R][D] (twice
+// for Rotation), maxima and sums [kWarps][R].
+struct SharedLayout {
+  int64_t queries, rotated_queries, inv_freq, key_zero, key_range, codebooks, warp_out, warp_rotated, warp_max, warp_sum, total;
+};
+
+__host__ __device__ inline SharedLayout shared_layout(int32_t D, int rows, bool rotation) {
+  SharedLayout s{};
+  int64_t at = 0;
+  const auto take = [&](int64_t floats) {
+    const int64_t start = at;
+    at += (floats + 3) / 4 * 4;  // 16-byte aligned pieces
+    return start;
+  };
+  s.queries = take(static_cast<int64_t>(rows) * D);
+  s.rotated_queries = take(rotation ? static_cast<int64_t>(rows) * D : 0);
+  s.inv_freq = take(D / 2);
+  s.key_zero = take(D);
+  s.key_range = take(D);
+  s.codebooks = take(2 * kNuqLevels);
+  s.warp_out = take(static_cast<int64_t>(kWarps) * rows * D);
+  s.warp_rotated = take(rotation ? static_cast<int64_t>(kWarps) * rows * D : 0);
+  s.warp_max = take(static_cast<int64_t>(kWarps) * rows);
+  s.warp_sum = take(static_cast<int64_t>(kWarps) * rows);
+  s.total = at;
+  return s;
+}
+
+}  // namespace
+
+// ---- device helpers -----------------------------------------------------------------------
+
+// Where token t of the cache lives: a page (page_head unit and token within the page) or a
+// raw row (slot in the raw arrays).
+struct TokenPlace {
+  bool in_page;
+  int64_t page_head;
+  int32_t token;
+  int64_t raw_row;  // element index of the raw row's first value
+};
+
+static __device__ __forceinline__ TokenPlace place_token(const SplitArgs& a, int64_t b, int64_t h, int64_t t) {
+  TokenPlace p{};
+  const int64_t paged = a.n_pages * kQuantPageTokens;
+  p.in_page = t >= a.sink && t < a.sink + paged;
+  if (p.in_page) {
+    p.page_head = (b * a.capacity + (t - a.sink) / kQuantPageTokens) * a.format.Hkv + h;
+    p.token = static_cast<int32_t>((t - a.sink) % kQuantPageTokens);
+  } else {
+    const int64_t slot = t < a.sink ? t : t - paged;
+    p.raw_row = ((b * a.format.Hkv + h) * a.raw_capacity + slot) * a.format.D;
+  }
+  return p;
+}
+
+static __device__ __forceinline__ uint32_t unit_code(const QuantFormat& f, const PageSide& side, const uint32_t* words,
+                                                     int32_t token, int32_t unit) {
+  const int64_t bit = static_cast<int64_t>(token) * side.vector_bits + unit_bit_offset(f.mode, side.codec, f.D, unit);
+  return read_unit(words, bit, unit_width(f.mode, side.codec, f.D, unit));
+}
+
+// cos and sin of the RoPE angle of (position, frequency i): the contract's f32 angle; sincosf
+// is within 2 ulp of the double-rounded values quant_codec.h states.
+static __device__ __forceinline__ void rope_cos_sin(const float* inv_freq, int64_t pos, int32_t i, float& c, float& s) {
+  sincosf(mul_rn(static_cast<float>(pos), inv_freq[i]), &s, &c);
+}
+
+// Adds <q_j, key> for every row j < rows, the key given element by element by key_at(d)
+// (codec domain); with RoPE, pair by pair after rotating it by `pos` as apply_rope does.
+template <int R, class KeyAt>
+static __device__ __forceinline__ void dot_key(const float* queries, int32_t D, int rows, const Rope& rope, const float* inv_freq,
+                                               bool rotate, int64_t pos, KeyAt key_at, float (&dot)[R]) {
+  if (!rotate) {
+    for (int32_t d = 0; d < D; ++d) {
+      const float k = key_at(d);
+#pragma unroll
+      for (int j = 0; j < R; ++j)
+        if (j < rows) dot[j] = fmaf(queries[j * D + d], k, dot[j]);
+    }
+    return;
+  }
+  for (int32_t i = 0; i < D / 2; ++i) {
+    int32_t ia, ib;
+    rope_pair(rope.style, D, i, ia, ib);
+    const float ka = key_at(ia), kb = key_at(ib);
+    float c, s;
+    rope_cos_sin(inv_freq, pos, i, c, s);
+    const float ra = sub_rn(mul_rn(ka, c), mul_rn(kb, s));
+    const float rb = add_rn(mul_rn(ka, s), mul_rn(kb, c));
+#pragma unroll
+    for (int j = 0; j < R; ++j)
+      if (j < rows) dot[j] = fmaf(queries[j * D + ia], ra, fmaf(queries[j * D + ib], rb, dot[j]));
+  }
+}
+
+// The residual slots of a page key, as rank-1 terms value * e_d (rotated by RoPE where the
+// key is: the slots are added in the codec domain, before RoPE).
+template <int R>
+static __device__ __forceinline__ void dot_key_residuals(const SplitArgs& a, const TokenPlace& p, const float* queries, int rows,
+                                                         const float* inv_freq, bool rotate, int64_t pos, float (&dot)[R]) {
+  const int32_t D = a.format.D, slots = a.format.outliers;
+  const int64_t first = (p.page_head * kQuantPageTokens + p.token) * slots;
+  for (int32_t s = 0; s < slots; ++s) {
+    const uint16_t bits = a.key.outlier_value[first + s];
+    const int32_t d = a.key.outlier_index[first + s];
+    if ((bits & 0x7fffu) == 0 || d >= D) continue;  // empty slot (a valid page has d < D)
+    const float v = half_to_float(bits);
+    if (!rotate) {
+#pragma unroll
+      for (int j = 0; j < R; ++j)
+        if (j < rows) dot[j] = fmaf(queries[j * D + d], v, dot[j]);
+      continue;
+    }
+    const bool half = a.rope.style == KVS_ROPE_HALF;
+    const int32_t i = half ? d % (D / 2) : d / 2;
+    const bool first_of_pair = half ? d < D / 2 : d % 2 == 0;
+    int32_t ia, ib;
+    rope_pair(a.rope.style, D, i, ia, ib);
+    float c, sn;
+    rope_cos_sin(inv_freq, pos, i, c, sn);
+    // (v, 0) rotates to (v c, v s); (0, v) to (-v s, v c)
+    const float ra = first_of_pair ? mul_rn(v, c) : -mul_rn(v, sn);
+    const float rb = first_of_pair ? mul_rn(v, sn) : mul_rn(v, c);
+#pragma unroll
+    for (int j = 0; j < R; ++j)
+      if (j < rows) dot[j] = fmaf(queries[j * D + ia], ra, fmaf(queries[j * D + ib], rb, dot[j]));
+  }
+}
+
+// Lane work of a chunk: the scores <q_j, k_t> of the lane's token t for every row.
+template <int R, bool kRotation>
+static __device__ __forceinline__ void score_token(const SplitArgs& a, int64_t b, int64_t h, int64_t t, const float* queries,
+                                   const float* rotated_queries, const float* inv_freq, const float* key_zero, const float* key_range,
+                                   const float* codebooks, int rows, float isd, float (&dot)[R]) {
+  const QuantFormat& f = a.format;
+  const int32_t D = f.D;
+  const TokenPlace p = place_token(a, b, h, t);
+  const bool rotate = a.rope.style != KVS_ROPE_NONE && (!p.in_page || a.rope_page_keys);
+  const int64_t pos = !rotate ? 0 : (a.positions ? a.positions[b * a.positions_stride + t] : t);
+#pragma unroll
+  for (int j = 0; j < R; ++j) dot[j] = 0.0f;
+
+  if (!p.in_page) {
+    const auto raw_at = [&](int32_t d) { return load_storage(a.key.raw, f.raw_dtype, p.raw_row + d); };
+    dot_key<R>(queries, D, rows, a.rope, inv_freq, rotate, pos, raw_at, dot);
+    return;
+  }
+  const uint32_t* words = a.key.codes + p.page_head * a.key.words_per_page;
+  if constexpr (kRotation) {
+    // post-RoPE pages: <q, sign .* H w * isd> = <rotated q, w>, w_d = level_d * step
+    for (int32_t d = 0; d < D; ++d) {
+      const float level = lloyd_max_level(rotation_two_bits(f.mode, D, d), unit_code(f, a.key, words, p.token, d));
+#pragma unroll
+      for (int j = 0; j < R; ++j)
+        if (j < rows) dot[j] = fmaf(rotated_queries[j * D + d], level, dot[j]);
+    }
+    const float step = mul_rn(half_to_float(a.key.meta[p.page_head * a.key.meta_per_page + p.token]), isd);
+#pragma unroll
+    for (int j = 0; j < R; ++j) dot[j] *= step;
+  } else {
+    const int64_t hd = h * D;
+    switch (a.key.codec) {
+      case Codec::UniformChannel: {
+        const uint16_t* m = a.key.meta + p.page_head * a.key.meta_per_page + (p.token / kKiviTokenGroup) * D * 2;
+        const auto key_at = [&](int32_t d) {
+          return uniform_value(unit_code(f, a.key, words, p.token, d), half_to_float(m[2 * d]), half_to_float(m[2 * d + 1]));
+        };
+        dot_key<R>(queries, D, rows, a.rope, inv_freq, rotate, pos, key_at, dot);
+        break;
+      }
+      case Codec::NuqChannel: {
+        const auto key_at = [&](int32_t d) {
+          return fma_rn(codebooks[unit_code(f, a.key, words, p.token, d)], key_range[d], key_zero[d]);
+        };
+        dot_key<R>(queries, D, rows, a.rope, inv_freq, rotate, pos, key_at, dot);
+        break;
+      }
+      default: {  // Vq over channel-normalized keys
+        const float* book = f.key_vq_codebook + hd * kVqEntries;  // [D/8][256][8] of head h
+        const auto key_at = [&](int32_t d) {
+          const int32_t g = d / kVqGroup;
+          const uint32_t code = unit_code(f, a.key, words, p.token, g);
+          const float c = __ldg(book + (static_cast<int64_t>(g) * kVqEntries + code) * kVqGroup + d % kVqGroup);
+          return fma_rn(c, key_range[d], key_zero[d]);
+        };
+        dot_key<R>(queries, D, rows, a.rope, inv_freq, rotate, pos, key_at, dot);
+        break;
+      }
+    }
+  }
+  if (f.outliers > 0) dot_key_residuals<R>(a, p, queries, rows, inv_freq, rotate, pos, dot);
+}
+
+// Warp work per token t of a chunk: acc[j][c] += p_j * v_t[lane + 32 c] (Rotation pages:
+// rotated[j][c] += p_j * w_t[...] instead; residual slots always go to acc).
+template <int kDimsPerLane, int R, bool kRotation>
+static __device__ __forceinline__ void accumulate_value(const SplitArgs& a, int64_t b, int64_t h, int64_t t, int lane, int rows,
+                                                        const float* codebooks, float isd, const float (&weight)[R],
+                                                        float (&acc)[R][kDimsPerLane], float (&rotated)[R][kDimsPerLane]) {
+  const QuantFormat& f = a.format;
+  const int32_t D = f.D;
+  const TokenPlace p = place_token(a, b, h, t);
+  if (!p.in_page) {
+#pragma unroll
+    for (int c = 0; c < kDimsPerLane; ++c) {
+      const int32_t d = lane + c * kWarpSize;
+      if (d >= D) break;
+      const float v = load_storage(a.value.raw, f.raw_dtype, p.raw_row + d);
+#pragma unroll
+      for (int j = 0; j < R; ++j)
+        if (j < rows) acc[j][c] = fmaf(weight[j], v, acc[j][c]);
+    }
+    return;
+  }
+  const uint32_t* words = a.value.codes + p.page_head * a.value.words_per_page;
+  const uint16_t* meta = a.value.meta ? a.value.meta + p.page_head * a.value.meta_per_page : nullptr;
+  if constexpr (kRotation) {
+    const float step = mul_rn(half_to_float(meta[p.token]), isd);
+    float scaled[R];
+#pragma unroll
+    for (int j = 0; j < R; ++j) scaled[j] = weight[j] * step;
+#pragma unroll
+    for (int c = 0; c < kDimsPerLane; ++c) {
+      const int32_t d = lane + c * kWarpSize;
+      if (d >= D) break;
+      const float level = lloyd_max_level(rotation_two_bits(f.mode, D, d), unit_code(f, a.value, words, p.token, d));
+#pragma unroll
+      for (int j = 0; j < R; ++j)
+        if (j < rows) rotated[j][c] = fmaf(scaled[j], level, rotated[j][c]);
+    }
+  } else {
+    float nuq_zero = 0.0f, nuq_range = 0.0f;
+    if (a.value.codec == Codec::NuqToken) {
+      nuq_zero = half_to_float(meta[2 * p.token]);
+      nuq_range = half_to_float(meta[2 * p.token + 1]);
+    }
+#pragma unroll
+    for (int c = 0; c < kDimsPerLane; ++c) {
+      const int32_t d = lane + c * kWarpSize;
+      if (d >= D) break;
+      float v;
+      switch (a.value.codec) {
+        case Codec::UniformToken: {
+          const uint16_t* m = meta + (static_cast<int64_t>(p.token) * uniform_token_groups(D) + d / kKiviChannelGroup) * 2;
+          v = uniform_value(unit_code(f, a.value, words, p.token, d), half_to_float(m[0]), half_to_float(m[1]));
+          break;
+        }
+        case Codec::NuqToken:
+          v = fma_rn(codebooks[kNuqLevels + unit_code(f, a.value, words, p.token, d)], nuq_range, nuq_zero);
+          break;
+        default: {  // Vq
+          const int32_t g = d / kVqGroup;
+          const uint32_t code = unit_code(f, a.value, words, p.token, g);
+          v = __ldg(f.value_vq_codebook + ((h * (D / kVqGroup) + g) * kVqEntries + code) * kVqGroup + d % kVqGroup);
+          break;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < R; ++j)
+        if (j < rows) acc[j][c] = fmaf(weight[j], v, acc[j][c]);
+    }
+  }
+  if (f.outliers > 0) {
+    const int64_t first = (p.page_head * kQuantPageTokens + p.token) * f.outliers;
+    for (int32_t s = 0; s < f.outliers; ++s) {
+      const uint16_t bits = a.value.outlier_value[first + s];
+      const int32_t d = a.value.outlier_index[first + s];
+      if ((bits & 0x7fffu) == 0) continue;
+      const float v = half_to_float(bits);
+#pragma unroll
+      for (int c = 0; c < kDimsPerLane; ++c)
+        if (d == lane + c * kWarpSize) {
+#pragma unroll
+          for (int j = 0; j < R; ++j)
+            if (j < rows) acc[j][c] = fmaf(weight[j], v, acc[j][c]);
+        }
+    }
+  }
+}
+
+// In-place unnormalized Walsh-Hadamard transform of `count` rows of D floats in shared
+// memory, by the whole block (every thread must call it).
+static __device__ void block_walsh_hadamard(float* rows, int count, int32_t D) {
+  const int butterflies = count * (D / 2);
+  for (int32_t len = 1; len < D; len <<= 1) {
+    for (int k = static_cast<int>(threadIdx.x); k < butterflies; k += kThreads) {
+      const int row = k / (D / 2), pair = k % (D / 2);
+      const int j = row * D + (pair / len) * 2 * len + pair % len;
+      const float x = rows[j], y = rows[j + len];
+      rows[j] = x + y;
+      rows[j + len] = x - y;
+    }
+    __syncthreads();
+  }
+}
+
+// ---- kernels ------------------------------------------------------------------------------
+
+template <int kDimsPerLane, bool kRotation>
+static __global__ void __launch_bounds__(kThreads) qattn_split_kernel(const __grid_constant__ SplitArgs a) {
+  constexpr int R = rows_per_block<kDimsPerLane>();
+  extern __shared__ __align__(16) float shared[];
+  const QuantFormat& f = a.format;
+  const int32_t D = f.D;
+  const SharedLayout layout = shared_layout(D, R, kRotation);
+  float* queries = shared + layout.queries;
+  float* rotated_queries = shared + layout.rotated_queries;
+  float* inv_freq = shared + layout.inv_freq;
+  float* key_zero = shared + layout.key_zero;
+  float* key_range = shared + layout.key_range;
+  float* codebooks = shared + layout.codebooks;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
+
+  int64_t block = blockIdx.x;
+  const int64_t split = block % a.splits;
+  block /= a.splits;
+  const int64_t row0 = block % a.row_chunks * R;  // first row (within the head) of this block
+  const int64_t bh = block / a.row_chunks;        // b * Hkv + h
+  const int64_t b = bh / f.Hkv, h = bh % f.Hkv;
+  const int rows = static_cast<int>(min(static_cast<int64_t>(R), a.rows_per_head - row0));
+
+  // Lengths were validated on the host; clamping keeps a bad one from reading out of bounds.
+  int64_t length = a.T;
+  if (a.kv_lengths) length = min(max(static_cast<int64_t>(a.kv_lengths[bh]), int64_t{0}), a.T);
+  int64_t limit[R];
+  int64_t block_limit = 0;
+#pragma unroll
+  for (int j = 0; j < R; ++j) {
+    limit[j] = j < rows ? attention_key_limit(a.causal, length, a.Tq, (row0 + j) % a.Tq) : 0;
+    block_limit = max(block_limit, limit[j]);
+  }
+
+  // Statics and queries (padding rows are zero).
+  for (int e = static_cast<int>(threadIdx.x); e < R * D; e += kThreads) {
+    const int j = e / D;
+    queries[e] = j < rows ? load_storage(a.q, a.q_dtype, (bh * a.rows_per_head + row0) * D + e) : 0.0f;
+  }
+  const bool key_statics = a.key.codec == Codec::NuqChannel || a.key.codec == Codec::Vq;
+  for (int d = static_cast<int>(threadIdx.x); d < D; d += kThreads) {
+    if (a.rope.style != KVS_ROPE_NONE && d < D / 2) inv_freq[d] = a.rope.inv_freq[d];
+    if (key_statics) {
+      key_zero[d] = f.key_zero[h * D + d];
+      key_range[d] = f.key_range[h * D + d];
+    }
+  }
+  if (threadIdx.x < kNuqLevels) {
+    if (a.key.codec == Codec::NuqChannel) codebooks[threadIdx.x] = f.key_codebook[threadIdx.x];
+    if (a.value.codec == Codec::NuqToken) codebooks[kNuqLevels + threadIdx.x] = f.value_codebook[threadIdx.x];
+  }
+  __syncthreads();
+  const float isd = div_rn(1.0f, sqrt_rn(static_cast<float>(D)));
+  if constexpr (kRotation) {
+    for (int e = static_cast<int>(threadIdx.x); e < R * D; e += kThreads)
+      rotated_queries[e] = rotation_sign_negative(f.rotation_seed, e % D) ? -queries[e] : queries[e];
+    __syncthreads();
+    block_walsh_hadamard(rotated_queries, R, D);
+    for (int e = static_cast<int>(threadIdx.x); e < R * D; e += kThreads) rotated_queries[e] *= isd;
+    __syncthreads();
+  }
+
+  // Online softmax state of the warp: equal on all lanes except the accumulators, which are
+  // relative to exp(running_max).
+  float running_max[R], denominator[R], acc[R][kDimsPerLane], rotated[R][kDimsPerLane];
+#pragma unroll
+  for (int j = 0; j < R; ++j) {
+    running_max[j] = -INFINITY;
+    denominator[j] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kDimsPerLane; ++c) acc[j][c] = rotated[j][c] = 0.0f;
+  }
+
+  const int64_t begin = split * a.split_tokens;
+  const int64_t end = min(begin + a.split_tokens, block_limit);
+  for (int64_t chunk = begin + warp * kChunkTokens; chunk < end; chunk += kSplitQuantum) {
+    const int64_t t = chunk + lane;
+    float logit[R];
+    if (t < end) {
+      score_token<R, kRotation>(a, b, h, t, queries, rotated_queries, inv_freq, key_zero, key_range, codebooks, rows, isd, logit);
+#pragma unroll
+      for (int j = 0; j < R; ++j) logit[j] = t < limit[j] ? a.scale * logit[j] : -INFINITY;
+    } else {
+#pragma unroll
+      for (int j = 0; j < R; ++j) logit[j] = -INFINITY;
+    }
+
+    float weight[R];
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      weight[j] = 0.0f;
+      if (j >= rows) continue;
+      const float new_max = fmaxf(running_max[j], warp_max(logit[j]));
+      if (new_max == -INFINITY) continue;  // no visible key yet: nothing to add
+      const float rescale = expf(running_max[j] - new_max);
+      weight[j] = expf(logit[j] - new_max);
+      denominator[j] = denominator[j] * rescale + warp_sum(weight[j]);
+      running_max[j] = new_max;
+#pragma unroll
+      for (int c = 0; c < kDimsPerLane; ++c) {
+        acc[j][c] *= rescale;
+        if constexpr (kRotation) rotated[j][c] *= rescale;
+      }
+    }
+
+    const int tokens = static_cast<int>(min(static_cast<int64_t>(kChunkTokens), end - chunk));
+    for (int k = 0; k < tokens; ++k) {
+      float token_weight[R];
+      bool any = false;
+#pragma unroll
+      for (int j = 0; j < R; ++j) {
+        token_weight[j] = __shfl_sync(kFullWarpMask, weight[j], k);
+        any |= token_weight[j] != 0.0f;
+      }
+      if (!any) continue;  // warp-uniform: masked for every row
+      accumulate_value<kDimsPerLane, R, kRotation>(a, b, h, chunk + k, lane, rows, codebooks, isd, token_weight, acc, rotated);
+    }
+  }
+
+  // Merge the warps: each writes its state, then each (row, dim) is combined by one thread.
+  float* warp_out = shared + layout.warp_out;
+  float* warp_rotated = shared + layout.warp_rotated;
+  float* warp_max_s = shared + layout.warp_max;
+  float* warp_sum_s = shared + layout.warp_sum;
+#pragma unroll
+  for (int j = 0; j < R; ++j) {
+#pragma unroll
+    for (int c = 0; c < kDimsPerLane; ++c) {
+      const int32_t d = lane + c * kWarpSize;
+      if (d >= D) break;
+      warp_out[(warp * R + j) * D + d] = acc[j][c];
+      if constexpr (kRotation) warp_rotated[(warp * R + j) * D + d] = rotated[j][c];
+    }
+    if (lane == 0) {
+      warp_max_s[warp * R + j] = running_max[j];
+      warp_sum_s[warp * R + j] = denominator[j];
+    }
+  }
+  __syncthreads();
+  for (int e = static_cast<int>(threadIdx.x); e < rows * D; e += kThreads) {
+    const int j = e / D;
+    float m = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, warp_max_s[w * R + j]);
+    float o = 0.0f, o_rotated = 0.0f;
+    if (m != -INFINITY)
+      for (int w = 0; w < kWarps; ++w) {
+        const float mw = warp_max_s[w * R + j];
+        if (mw == -INFINITY) continue;
+        const float factor = expf(mw - m);
+        o = fmaf(factor, warp_out[w * R * D + e], o);
+        if constexpr (kRotation) o_rotated = fmaf(factor, warp_rotated[w * R * D + e], o_rotated);
+      }
+    warp_out[e] = o;  // warp 0's slot: read above by this thread only
+    if constexpr (kRotation) warp_rotated[e] = o_rotated;
+  }
+  __syncthreads();
+  if constexpr (kRotation) {
+    // back from the rotated domain: sign .* (H o_rotated) * isd, added to the raw/residual part
+    block_walsh_hadamard(warp_rotated, rows, D);
+    for (int e = static_cast<int>(threadIdx.x); e < rows * D; e += kThreads) {
+      const float w = warp_rotated[e] * isd;
+      warp_out[e] += rotation_sign_negative(f.rotation_seed, e % D) ? -w : w;
+    }
+    __syncthreads();
+  }
+
+  const int64_t first_row = bh * a.rows_per_head + row0;
+  for (int e = static_cast<int>(threadIdx.x); e < rows * D; e += kThreads) {
+    const int j = e / D;
+    a.partial_out[((first_row + j) * a.splits + split) * D + e % D] = warp_out[e];
+  }
+  if (threadIdx.x < static_cast<unsigned>(rows)) {
+    const int j = static_cast<int>(threadIdx.x);
+    float m = -INFINITY, l = 0.0f;
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, warp_max_s[w * R + j]);
+    if (m != -INFINITY)
+      for (int w = 0; w < kWarps; ++w) {
+        const float mw = warp_max_s[w * R + j];
+        if (mw != -INFINITY) l = fmaf(expf(mw - m), warp_sum_s[w * R + j], l);
+      }
+    a.partial_state[(first_row + j) * a.splits + split] = make_float2(m, l);
+  }
+}
+
+// A warp per output row: out = sum_s e^(m_s - M) o_s / L, lse = M + log L, L = sum_s e^(m_s - M) l_s.
+static __global__ void __launch_bounds__(kMergeWarps * kWarpSize) qattn_merge_kernel(const __grid_constant__ MergeArgs a) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kMergeWarps + threadIdx.x / kWarpSize;
+  if (row >= a.rows) return;
+  const float2* state = a.partial_state + row * a.splits;
+  float m = -INFINITY;
+  for (int64_t s = 0; s < a.splits; ++s) m = fmaxf(m, state[s].x);
+  float l = 0.0f;
+  if (m != -INFINITY)
+    for (int64_t s = 0; s < a.splits; ++s)
+      if (state[s].x != -INFINITY) l = fmaf(expf(state[s].x - m), state[s].y, l);
+  // A row that saw no key (or only zero weights) gets zeros and lse = -inf, as on the CPU.
+  const bool has_weight = l > 0.0f;
+  for (int32_t d = lane; d < a.D; d += kWarpSize) {
+    float o = 0.0f;
+    if (has_weight) {
+      for (int64_t s = 0; s < a.splits; ++s)
+        if (state[s].x != -INFINITY) o = fmaf(expf(state[s].x - m), a.partial_out[(row * a.splits + s) * a.D + d], o);
+      o /= l;
+    }
+    store_float_as(a.out, a.out_dtype, row * a.D + d, o);
+  }
+  if (a.lse && lane == 0) a.lse[row] = has_weight ? m + logf(l) : -INFINITY;
+}
+
+// ---- launch -------------------------------------------------------------------------------
+
+namespace {
+
+PageSide page_side(const QuantDecodeProblem& c, bool is_key) {
+  const QuantFormat& f = c.format;
+  PageSide s{};
+  s.codec = is_key ? key_codec(f.mode) : value_codec(f.mode);
+  s.vector_bits = vector_bits(f.mode, s.codec, f.D);
+  s.words_per_page = words_per_page(f.mode, s.codec, f.D);
+  s.meta_per_page = meta_per_page(s.codec, f.D);
+  s.codes = is_key ? c.pages.key_codes : c.pages.value_codes;
+  s.meta = is_key ? c.pages.key_meta : c.pages.value_meta;
+  if (f.outliers > 0) {
+    s.outlier_index = is_key ? c.pages.key_outlier_index : c.pages.value_outlier_index;
+    s.outlier_value = is_key ? c.pages.key_outlier_value : c.pages.value_outlier_value;
+  }
+  s.raw = is_key ? c.raw_keys : c.raw_values;
+  return s;
+}
+
+int multiprocessor_count(int device) {
+  int count = 0;
+  KVS_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device),
+                 "quantizedAttention: querying the multiprocessor count of cuda:" + std::to_string(device));
+  return count;
+}
+
+template <int kDimsPerLane, bool kRotation>
+void launch_split(SplitArgs& args, const QuantAttentionProblem& p, cudaStream_t stream) {
+  constexpr int R = rows_per_block<kDimsPerLane>();
+  const int64_t B = p.cache.B, Hkv = p.cache.format.Hkv, D = p.cache.format.D;
+  args.row_chunks = (args.rows_per_head + R - 1) / R;
+  // Enough splits to give every SM kBlocksPerSm blocks, each split a whole number of rounds.
+  const int64_t units = B * Hkv * args.row_chunks;
+  const int64_t max_splits = (p.T + kSplitQuantum - 1) / kSplitQuantum;
+  const int64_t wanted = (static_cast<int64_t>(kBlocksPerSm) * multiprocessor_count(p.cache.device) + units - 1) / units;
+  const int64_t splits = wanted < 1 ? 1 : (wanted > max_splits ? max_splits : wanted);
+  args.split_tokens = ((p.T + splits - 1) / splits + kSplitQuantum - 1) / kSplitQuantum * kSplitQuantum;
+  args.splits = (p.T + args.split_tokens - 1) / args.split_tokens;
+  const int64_t blocks = units * args.splits;
+  if (blocks > INT32_MAX)
+    throw Error(KVS_E_UNSUPPORTED, "quantizedAttention: " + std::to_string(blocks) + " blocks are more than the CUDA grid allows");
+
+  const int64_t rows = B * p.Hq * p.Tq;
+  const size_t partial_bytes = static_cast<size_t>(rows * args.splits * D) * sizeof(float);
+  StreamScratch scratch(partial_bytes + static_cast<size_t>(rows * args.splits) * sizeof(float2), p.cache.device, stream,
+                        "quantizedAttention");
+  args.partial_out = static_cast<float*>(scratch.get());
+  args.partial_state = reinterpret_cast<float2*>(static_cast<unsigned char*>(scratch.get()) + partial_bytes);
+
+  const size_t shared_bytes = static_cast<size_t>(shared_layout(static_cast<int32_t>(D), R, kRotation).total) * sizeof(float);
+  if (shared_bytes > kSharedMemoryWithoutOptIn)  // not reached for D <= 256; kept as a guard
+    throw Error(KVS_E_UNSUPPORTED, "quantizedAttention: head dim " + std::to_string(D) + " needs " + std::to_string(shared_bytes) +
+                                       " bytes of shared memory per block");
+  qattn_split_kernel<kDimsPerLane, kRotation><<<static_cast<unsigned>(blocks), kThreads, shared_bytes, stream>>>(args);
+  KVS_CUDA_CHECK(cudaGetLastError(), "quantizedAttention: launching the split kernel");
+
+  MergeArgs merge{args.partial_out, args.partial_state, p.out, p.out_dtype, p.lse, rows, args.splits, static_cast<int32_t>(D)};
+  qattn_merge_kernel<<<grid_blocks(rows, kMergeWarps), kMergeWarps * kWarpSize, 0, stream>>>(merge);
+  KVS_CUDA_CHECK(cudaGetLastError(), "quantizedAttention: launching the merge kernel");
+  scratch.release();
+}
+
+template <bool kRotation>
+void dispatch_dims(SplitArgs& args, const QuantAttentionProblem& p, cudaStream_t stream) {
+  const int32_t D = p.cache.format.D;
+  if (D <= 32) return launch_split<1, kRotation>(args, p, stream);
+  if (D <= 64) return launch_split<2, kRotation>(args, p, stream);
+  if (D <= 128) return launch_split<4, kRotation>(args, p, stream);
+  launch_split<8, kRotation>(args, p, stream);
+}
+
+}  // namespace
+
+void quant_attention(const QuantAttentionProblem& p, void* stream) {
+  const QuantDecodeProblem& c = p.cache;
+  if (c.format.D > kQuantMaxHeadDim || c.format.D % kVqGroup != 0)
+    throw Error(KVS_E_UNSUPPORTED, "quantizedAttention: head dim " + std::to_string(c.format.D) + " is not supported");
+  use_device(c.device);
+  const auto cuda_stream = static_cast<cudaStream_t>(resolve_stream(c.device, stream));
+  if (c.B * p.Hq * p.Tq == 0) return;
+
+  SplitArgs args{};
+  args.format = c.format;
+  args.rope = c.rope;
+  args.key = page_side(c, true);
+  args.value = page_side(c, false);
+  args.capacity = c.pages.capacity, args.n_pages = c.n_pages, args.sink = c.sink, args.T = p.T;
+  args.raw_capacity = c.raw_capacity;
+  args.positions = c.positions, args.positions_stride = c.positions_stride;
+  args.q = p.q, args.q_dtype = p.q_dtype;
+  args.kv_lengths = p.kv_lengths;
+  args.Tq = p.Tq;
+  args.rows_per_head = (p.Hq / c.format.Hkv) * p.Tq;
+  args.scale = p.scale;
+  args.causal = p.causal;
+  args.rope_page_keys = c.rope.style != KVS_ROPE_NONE && !encodes_post_rope(args.key.codec);
+  if (args.key.codec == Codec::Rotation)
+    dispatch_dims<true>(args, p, cuda_stream);
+  else
+    dispatch_dims<false>(args, p, cuda_stream);
+}
+
+}  // namespace kvs::cuda
