@@ -196,6 +196,12 @@ KVS_HOST_DEVICE inline void uniform_scale_min(float mn, float mx, uint16_t& scal
   min = float_to_half(mn);
 }
 
+// Meta entries 2i (scale) and 2i+1 (min) of the uniform codecs, as floats.
+struct UniformScale {
+  float scale, min;
+  KVS_HOST_DEVICE UniformScale(const uint16_t* meta, int64_t i) : scale(half_to_float(meta[2 * i])), min(half_to_float(meta[2 * i + 1])) {}
+};
+
 KVS_HOST_DEVICE inline uint32_t uniform_code(float x, float scale, float min) {
   const float q = round_even(mul_rn(sub_rn(x, min), reciprocal_or_zero(scale)));
   return q <= 0.f ? 0u : (q >= 3.f ? 3u : static_cast<uint32_t>(q));
@@ -289,15 +295,17 @@ KVS_HOST_DEVICE inline void dequantize_units(const VectorContext& v, const uint3
   switch (v.codec) {
     case Codec::UniformChannel: {
       const uint16_t* m = v.meta + (v.token / kKiviTokenGroup) * D * 2;
-      for (int32_t d = 0; d < D; ++d) xhat[d] = uniform_value(codes[d], half_to_float(m[2 * d]), half_to_float(m[2 * d + 1]));
+      for (int32_t d = 0; d < D; ++d) {
+        const UniformScale u(m, d);
+        xhat[d] = uniform_value(codes[d], u.scale, u.min);
+      }
       break;
     }
     case Codec::UniformToken: {
-      const int32_t G = uniform_token_groups(D);
-      const uint16_t* m = v.meta + static_cast<int64_t>(v.token) * G * 2;
+      const uint16_t* m = v.meta + static_cast<int64_t>(v.token) * uniform_token_groups(D) * 2;
       for (int32_t d = 0; d < D; ++d) {
-        const int32_t g = d / kKiviChannelGroup;
-        xhat[d] = uniform_value(codes[d], half_to_float(m[2 * g]), half_to_float(m[2 * g + 1]));
+        const UniformScale u(m, d / kKiviChannelGroup);
+        xhat[d] = uniform_value(codes[d], u.scale, u.min);
       }
       break;
     }
@@ -345,7 +353,10 @@ KVS_HOST_DEVICE inline void encode_vector(const VectorContext& v, const float* x
   switch (v.codec) {
     case Codec::UniformChannel: {
       const uint16_t* m = v.meta + (v.token / kKiviTokenGroup) * D * 2;
-      for (int32_t d = 0; d < D; ++d) codes[d] = uniform_code(x[d], half_to_float(m[2 * d]), half_to_float(m[2 * d + 1]));
+      for (int32_t d = 0; d < D; ++d) {
+        const UniformScale u(m, d);
+        codes[d] = uniform_code(x[d], u.scale, u.min);
+      }
       break;
     }
     case Codec::UniformToken: {
@@ -359,8 +370,8 @@ KVS_HOST_DEVICE inline void encode_vector(const VectorContext& v, const float* x
           mx = x[d] > mx ? x[d] : mx;
         }
         uniform_scale_min(mn, mx, m[2 * g], m[2 * g + 1]);
-        const float scale = half_to_float(m[2 * g]), min = half_to_float(m[2 * g + 1]);
-        for (int32_t d = d0; d < d1; ++d) codes[d] = uniform_code(x[d], scale, min);
+        const UniformScale u(m, g);
+        for (int32_t d = d0; d < d1; ++d) codes[d] = uniform_code(x[d], u.scale, u.min);
       }
       break;
     }
