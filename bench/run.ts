@@ -7,6 +7,7 @@ import { runSoftMatchBench } from './softmatch.bench.js';
 const benches: Record<string, (options: { quick: boolean }) => Promise<void>> = {
   attention: runAttentionBench,
   merge: runMergeBench,
+  qattn: async (options) => (await import('./qattn.bench.js')).runQattnBench(options),
   quant: runQuantBench,
   softmatch: runSoftMatchBench,
 };
