@@ -156,10 +156,13 @@ static __device__ __forceinline__ TokenPlace place_token(const SplitArgs& a, int
   return p;
 }
 
+// The code of `unit` of a page token. The codec is a compile-time constant at every call, so
+// the contract's offset and width rules fold to shifts and masks in the inner loops.
+template <Codec kCodec>
 static __device__ __forceinline__ uint32_t unit_code(const QuantFormat& f, const PageSide& side, const uint32_t* words,
                                                      int32_t token, int32_t unit) {
-  const int64_t bit = static_cast<int64_t>(token) * side.vector_bits + unit_bit_offset(f.mode, side.codec, f.D, unit);
-  return read_unit(words, bit, unit_width(f.mode, side.codec, f.D, unit));
+  const int32_t bit = token * side.vector_bits + unit_bit_offset(f.mode, kCodec, f.D, unit);  // < 64 * 512
+  return read_unit(words, bit, unit_width(f.mode, kCodec, f.D, unit));
 }
 
 // cos and sin of the RoPE angle of (position, frequency i): the contract's f32 angle; sincosf
@@ -252,7 +255,7 @@ static __device__ __forceinline__ void score_token(const SplitArgs& a, int64_t b
   if constexpr (kRotation) {
     // post-RoPE pages: <q, sign .* H w * isd> = <rotated q, w>, w_d = level_d * step
     for (int32_t d = 0; d < D; ++d) {
-      const float level = lloyd_max_level(rotation_two_bits(f.mode, D, d), unit_code(f, a.key, words, p.token, d));
+      const float level = lloyd_max_level(rotation_two_bits(f.mode, D, d), unit_code<Codec::Rotation>(f, a.key, words, p.token, d));
 #pragma unroll
       for (int j = 0; j < R; ++j)
         if (j < rows) dot[j] = fmaf(rotated_queries[j * D + d], level, dot[j]);
@@ -266,14 +269,14 @@ static __device__ __forceinline__ void score_token(const SplitArgs& a, int64_t b
       case Codec::UniformChannel: {
         const uint16_t* m = a.key.meta + p.page_head * a.key.meta_per_page + (p.token / kKiviTokenGroup) * D * 2;
         const auto key_at = [&](int32_t d) {
-          return uniform_value(unit_code(f, a.key, words, p.token, d), half_to_float(m[2 * d]), half_to_float(m[2 * d + 1]));
+          return uniform_value(unit_code<Codec::UniformChannel>(f, a.key, words, p.token, d), half_to_float(m[2 * d]), half_to_float(m[2 * d + 1]));
         };
         dot_key<R>(queries, D, rows, a.rope, inv_freq, rotate, pos, key_at, dot);
         break;
       }
       case Codec::NuqChannel: {
         const auto key_at = [&](int32_t d) {
-          return fma_rn(codebooks[unit_code(f, a.key, words, p.token, d)], key_range[d], key_zero[d]);
+          return fma_rn(codebooks[unit_code<Codec::NuqChannel>(f, a.key, words, p.token, d)], key_range[d], key_zero[d]);
         };
         dot_key<R>(queries, D, rows, a.rope, inv_freq, rotate, pos, key_at, dot);
         break;
@@ -282,7 +285,7 @@ static __device__ __forceinline__ void score_token(const SplitArgs& a, int64_t b
         const float* book = f.key_vq_codebook + hd * kVqEntries;  // [D/8][256][8] of head h
         const auto key_at = [&](int32_t d) {
           const int32_t g = d / kVqGroup;
-          const uint32_t code = unit_code(f, a.key, words, p.token, g);
+          const uint32_t code = unit_code<Codec::Vq>(f, a.key, words, p.token, g);
           const float c = __ldg(book + (static_cast<int64_t>(g) * kVqEntries + code) * kVqGroup + d % kVqGroup);
           return fma_rn(c, key_range[d], key_zero[d]);
         };
@@ -326,41 +329,47 @@ static __device__ __forceinline__ void accumulate_value(const SplitArgs& a, int6
     for (int c = 0; c < kDimsPerLane; ++c) {
       const int32_t d = lane + c * kWarpSize;
       if (d >= D) break;
-      const float level = lloyd_max_level(rotation_two_bits(f.mode, D, d), unit_code(f, a.value, words, p.token, d));
+      const float level = lloyd_max_level(rotation_two_bits(f.mode, D, d), unit_code<Codec::Rotation>(f, a.value, words, p.token, d));
 #pragma unroll
       for (int j = 0; j < R; ++j)
         if (j < rows) rotated[j][c] = fmaf(scaled[j], level, rotated[j][c]);
     }
   } else {
-    float nuq_zero = 0.0f, nuq_range = 0.0f;
-    if (a.value.codec == Codec::NuqToken) {
-      nuq_zero = half_to_float(meta[2 * p.token]);
-      nuq_range = half_to_float(meta[2 * p.token + 1]);
-    }
+    // v_t[d] for the lane's dims, one loop per codec
+    const auto add_dims = [&](auto value_at) {
 #pragma unroll
-    for (int c = 0; c < kDimsPerLane; ++c) {
-      const int32_t d = lane + c * kWarpSize;
-      if (d >= D) break;
-      float v;
-      switch (a.value.codec) {
-        case Codec::UniformToken: {
-          const uint16_t* m = meta + (static_cast<int64_t>(p.token) * uniform_token_groups(D) + d / kKiviChannelGroup) * 2;
-          v = uniform_value(unit_code(f, a.value, words, p.token, d), half_to_float(m[0]), half_to_float(m[1]));
-          break;
-        }
-        case Codec::NuqToken:
-          v = fma_rn(codebooks[kNuqLevels + unit_code(f, a.value, words, p.token, d)], nuq_range, nuq_zero);
-          break;
-        default: {  // Vq
-          const int32_t g = d / kVqGroup;
-          const uint32_t code = unit_code(f, a.value, words, p.token, g);
-          v = __ldg(f.value_vq_codebook + ((h * (D / kVqGroup) + g) * kVqEntries + code) * kVqGroup + d % kVqGroup);
-          break;
-        }
+      for (int c = 0; c < kDimsPerLane; ++c) {
+        const int32_t d = lane + c * kWarpSize;
+        if (d >= D) break;
+        const float v = value_at(d);
+#pragma unroll
+        for (int j = 0; j < R; ++j)
+          if (j < rows) acc[j][c] = fmaf(weight[j], v, acc[j][c]);
       }
-#pragma unroll
-      for (int j = 0; j < R; ++j)
-        if (j < rows) acc[j][c] = fmaf(weight[j], v, acc[j][c]);
+    };
+    switch (a.value.codec) {
+      case Codec::UniformToken: {
+        const uint16_t* m = meta + static_cast<int64_t>(p.token) * uniform_token_groups(D) * 2;
+        add_dims([&](int32_t d) {
+          const int32_t g = d / kKiviChannelGroup;
+          return uniform_value(unit_code<Codec::UniformToken>(f, a.value, words, p.token, d), half_to_float(m[2 * g]), half_to_float(m[2 * g + 1]));
+        });
+        break;
+      }
+      case Codec::NuqToken: {
+        const float zero = half_to_float(meta[2 * p.token]), range = half_to_float(meta[2 * p.token + 1]);
+        add_dims([&](int32_t d) { return fma_rn(codebooks[kNuqLevels + unit_code<Codec::NuqToken>(f, a.value, words, p.token, d)], range, zero); });
+        break;
+      }
+      default: {  // Vq
+        const float* book = f.value_vq_codebook + h * D * kVqEntries;  // [D/8][256][8] of head h
+        add_dims([&](int32_t d) {
+          const int32_t g = d / kVqGroup;
+          const uint32_t code = unit_code<Codec::Vq>(f, a.value, words, p.token, g);
+          return __ldg(book + (static_cast<int64_t>(g) * kVqEntries + code) * kVqGroup + d % kVqGroup);
+        });
+        break;
+      }
     }
   }
   if (f.outliers > 0) {
