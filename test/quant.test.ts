@@ -230,6 +230,41 @@ for (const mode of QUANT_MODES) {
   });
 }
 
+test('a failed append leaves the cache as it was; bad full-precision tokens fail the call that brings them', async () => {
+  const H = 1, D = 8, wave = (n: number, s = 1) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898 + s) * 2);
+  const params = await calibrate({ mode: 'rot2', headDim: D, kvHeads: H, sinkTokens: 4, recentTokens: 0 });
+  const bad = (T: number, at: number, value: number) => { const v = wave(T * D, 5); v[at * D] = value; return Tensor.from(v, [1, H, T, D]); };
+  // a NaN bound for the sink is refused by quantize itself
+  const expectRange = async (run: () => Promise<unknown>, label: string) => {
+    try { await run(); assert.unreachable(label); } catch (e) { assert.is((e as { code: string }).code, 'E_RANGE', label); }
+  };
+  await expectRange(() => quantize(Tensor.from(wave(2 * D), [1, H, 2, D]), bad(2, 1, NaN), params), 'NaN in the sink');
+  // a NaN in a token due to become a page: append fails, nothing changes
+  using qkv = await quantize(Tensor.from(wave(2 * D), [1, H, 2, D]), Tensor.from(wave(2 * D, 2), [1, H, 2, D]), params);
+  const before = { ...(await dequantize(qkv)), tokens: qkv.tokens };
+  await expectRange(() => qkv.append(Tensor.from(wave(70 * D, 3), [1, H, 70, D]), bad(70, 10, NaN)), 'NaN in a page');
+  assert.equal([qkv.tokens, qkv.sinkCount, qkv.pageCount, qkv.recentCount], [2, 2, 0, 0]);
+  const after = await dequantize(qkv);
+  assert.equal(await after.values.data(), await before.values.data());
+  // the cache still works: a clean append goes through
+  await qkv.append(Tensor.from(wave(70 * D, 3), [1, H, 70, D]), Tensor.from(wave(70 * D, 4), [1, H, 70, D]));
+  assert.equal([qkv.tokens, qkv.sinkCount, qkv.pageCount, qkv.recentCount], [72, 4, 1, 4]);
+  // with raw f32, 1e6 in the recent window is refused on entry (it could never become a page)
+  const p32 = await calibrate({ mode: 'rot2', headDim: D, kvHeads: H, sinkTokens: 0, recentTokens: 4, rawDtype: 'f32' });
+  await expectRange(() => quantize(Tensor.from(wave(8 * D), [1, H, 8, D]), bad(8, 5, 1e6), p32), '1e6 in the recent window');
+});
+
+test('residual slots clamp an error past the f16 range instead of storing infinity', async () => {
+  const H = 1, D = 8, T = 300;
+  const calib = Float32Array.from({ length: T * D }, (_, i) => -40000 + 100 * Math.sin(i)), v = Float32Array.from({ length: T * D }, (_, i) => Math.sin(i * 3));
+  const params = await calibrate({ keys: Tensor.from(calib, [1, H, T, D]), values: Tensor.from(v, [1, H, T, D]), mode: 'nuq2', headDim: D, outliers: 2, sinkTokens: 0, recentTokens: 0 });
+  const k = calib.slice(0, 64 * D);
+  k[0] = 40000; // about 80000 from its code
+  using qkv = await quantize(Tensor.from(k, [1, H, 64, D]), Tensor.from(v.slice(0, 64 * D), [1, H, 64, D]), params);
+  const key0 = (await (await dequantize(qkv)).keys.data())[0]!;
+  assert.ok(Number.isFinite(key0) && key0 > 0 && key0 <= 40000, `key 0 -> ${key0}`);
+});
+
 // ---- accounting ----------------------------------------------------------------------------
 
 test('effective bits: bytes are the used page bytes + raw tokens; k2v1 at D 128 matches the quant.md formula', async () => {

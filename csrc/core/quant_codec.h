@@ -28,7 +28,8 @@
 //    d >= D/2), code = #{j : t > beta_j}. Decode: w_d = level_code * (N * isd); x^ = sign .*
 //    (FWHT(w) * isd). sign_d = -1 when splitmix64(seed + golden * (d + 1)) is odd.
 //  Residual slots (any codec, `outliers` > 0): per token, the slots take the channels with
-//    the largest |x_d - x^_d| (ties: lower channel), in that order; value = f16(x_d - x^_d);
+//    the largest |x_d - x^_d| (ties: lower channel), in that order; value = f16(x_d - x^_d)
+//    with the difference first clamped to +-65504;
 //    a value that rounds to +-0 leaves the slot empty (index 0, value +0) and so do all
 //    later slots. Dequantized: x^_d + value (f32 add) for each non-empty slot.
 //
@@ -452,7 +453,10 @@ KVS_HOST_DEVICE inline void encode_vector(const VectorContext& v, const float* x
   for (int32_t s = 0; s < f.outliers; ++s) {
     const int32_t d = take_largest(work, D);
     if (d < 0) break;  // unreachable for encodable input; keeps every index in range regardless
-    const uint16_t residual = float_to_half(sub_rn(x[d], xhat[d]));
+    // x and x^ are each within +-65504 but their difference need not be: clamp it so a
+    // slot never stores an infinity (the slot then corrects as far as f16 reaches)
+    const float error = sub_rn(x[d], xhat[d]);
+    const uint16_t residual = float_to_half(error > kQuantMaxMagnitude ? kQuantMaxMagnitude : (error < -kQuantMaxMagnitude ? -kQuantMaxMagnitude : error));
     if ((residual & 0x7fffu) == 0) break;  // this and every smaller error round to zero
     slots.index[s] = static_cast<uint8_t>(d);
     slots.value[s] = residual;

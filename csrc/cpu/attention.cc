@@ -1,6 +1,7 @@
 // CPU reference of dense attention (math in kvsquash.h, kvs_attention): a two-pass softmax
 // in f64 per query row, rows spread over threads. Deterministic: each row's sums run in key
 // order regardless of the thread count.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -19,7 +20,9 @@ void attention(const AttentionProblem& p) {
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / p.Hq, hkv = (bh % p.Hq) / group;
       const int64_t kv_head = b * p.Hkv + hkv;
-      const int64_t len = p.kv_lengths ? p.kv_lengths[kv_head] : p.Tk;
+      // clamped again here: the caller's array may change after the API checked it (CPU
+      // tensors wrap user memory), and a stale length must never index past Tk
+      const int64_t len = p.kv_lengths ? std::min<int64_t>(std::max<int64_t>(p.kv_lengths[kv_head], 0), p.Tk) : p.Tk;
       const int64_t kv_base = kv_head * p.Tk * D;
       for (int64_t i = 0; i < p.Tq; ++i) {
         const int64_t row = bh * p.Tq + i;

@@ -14,6 +14,8 @@ export const VQ_GROUP = 8;
 export const VQ_ENTRIES = 256;
 export const NUQ_LEVELS = 4;
 export const MAX_OUTLIERS = 8;
+/** values a page can encode: the f16 range of its scales (quant_codec.h, encodable) */
+export const MAX_MAGNITUDE = 65504;
 
 export function keyCodec(mode: QuantMode): Codec {
   if (mode === 'kivi2') return 'uniformChannel';

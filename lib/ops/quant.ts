@@ -4,13 +4,13 @@
  * grows it while decoding; `dequantize` unpacks it. Every code and dequantized value is
  * identical on CPU and CUDA.
  */
-import { DTYPES, type DType } from '../dtype.js';
+import { bf16BitsToF32, DTYPES, f16BitsToF32, type DType } from '../dtype.js';
 import { describe, fail, nativeCall } from '../errors.js';
 import { native, type NativeTensor } from '../native.js';
 import { Tensor, isTensor, toNative, type Shape } from '../tensor.js';
 import { checkOptions, checkTensorArg } from './args.js';
 import { attentionSettings, withAttentionOutputs, type AttentionOptions, type AttentionWithLse } from './attention.js';
-import { keyCodec, metaPerPage, PAGE_TOKENS, pageBytes, valueCodec, wordsPerPage } from './quant-format.js';
+import { encodesPostRope, keyCodec, MAX_MAGNITUDE, metaPerPage, PAGE_TOKENS, pageBytes, valueCodec, wordsPerPage } from './quant-format.js';
 import { QuantParams } from './quant-params.js';
 
 export type RopeStyle = 'interleaved' | 'half';
@@ -73,18 +73,28 @@ export class QuantizedKV implements Disposable {
   readonly params: QuantParams;
   readonly device: Tensor['device'];
   readonly batch: number;
-  /** page arrays [B, pageCapacity, Hkv, per page]; only those the mode has */
-  pages: Partial<Record<PageName, Tensor>> = {};
   /** sink tokens at [0, sinkCount), then recent ones: [B, Hkv, S + R + 63, D] in rawDtype */
   readonly rawKeys: Tensor;
   readonly rawValues: Tensor;
+  #pages: Partial<Record<PageName, Tensor>> = {};
+  #positions: Tensor<'i32'> | null;
+  #tokens = 0;
+  #pageCount = 0;
+  #sinkCount = 0;
+  #recentCount = 0;
+
+  /** page arrays [B, pageCapacity, Hkv, per page]; only those the mode has (layout: csrc/core/quant.h) */
+  get pages(): Readonly<Partial<Record<PageName, Tensor>>> { return this.#pages; }
   /** i32 [B, capacity] when positions were given */
-  positions: Tensor<'i32'> | null;
+  get positions(): Tensor<'i32'> | null { return this.#positions; }
   /** tokens held */
-  tokens: number;
-  pageCount = 0;
-  sinkCount = 0;
-  recentCount = 0;
+  get tokens(): number { return this.#tokens; }
+  /** 64-token pages in use */
+  get pageCount(): number { return this.#pageCount; }
+  /** full-precision sink tokens, at the start of the raw buffers */
+  get sinkCount(): number { return this.#sinkCount; }
+  /** full-precision recent tokens, after the sink in the raw buffers */
+  get recentCount(): number { return this.#recentCount; }
   /** @internal */
   readonly rope: Rope;
   #inputDtype: DType;
@@ -97,8 +107,7 @@ export class QuantizedKV implements Disposable {
     this.device = device;
     this.batch = batch;
     this.#inputDtype = inputDtype;
-    this.positions = positions;
-    this.tokens = 0;
+    this.#positions = positions;
     const rawShape = [batch, s.kvHeads, s.sinkTokens + s.recentTokens + PAGE_TOKENS - 1, s.headDim];
     this.rawKeys = Tensor.zeros(rawShape, s.rawDtype, device);
     this.rawValues = Tensor.zeros(rawShape, s.rawDtype, device);
@@ -179,44 +188,75 @@ export class QuantizedKV implements Disposable {
     try {
       for (const [name, dtype, perPage] of pageLayout(this.params)) {
         grown[name] = Tensor.zeros([this.batch, capacity, s.kvHeads, perPage], dtype, this.device);
-        const old = this.pages[name];
-        if (old) await copyRows(old, grown[name]!, 1, 0, 0, this.pageCount);
+        const old = this.#pages[name];
+        if (old) await copyRows(old, grown[name]!, 1, 0, 0, this.#pageCount);
       }
+      if (this.rawKeys.isDisposed) fail('E_DISPOSED', 'qkv: the cache was disposed while it grew');
     } catch (error) {
       for (const t of Object.values(grown)) t.dispose();
       throw error;
     }
-    for (const t of Object.values(this.pages)) t.dispose();
-    this.pages = grown;
+    for (const t of Object.values(this.#pages)) t.dispose();
+    this.#pages = grown;
   }
 
-  async #encode(keys: Tensor, values: Tensor, positions: Tensor<'i32'> | null, positionOffset: number, srcStart: number, count: number) {
+  /** Encodes `count` pages from src tokens srcStart.. into pages pageStart..; commits nothing. */
+  async #encode(keys: Tensor, values: Tensor, positions: Tensor<'i32'> | null, positionOffset: number, srcStart: number, pageStart: number, count: number) {
     if (count === 0) return;
-    await this.#ensurePageCapacity(this.pageCount + count);
+    await this.#ensurePageCapacity(pageStart + count);
     const format = await this.params.nativeFormat(this.device);
     const rope = await this.nativeRope();
     await nativeCall(() => native().quantEncode(format, rope, keys[toNative]('keys'), values[toNative]('values'),
       positions ? positions[toNative]('positions') : null, this.nativePages(),
-      { positionOffset, srcStart, pageStart: this.pageCount, pageCount: count }));
-    this.pageCount += count;
+      { positionOffset, srcStart, pageStart, pageCount: count }));
   }
 
+  /**
+   * Full-precision tokens must be encodable once they become a page (csrc/core/quant_codec.h,
+   * encodable): values within +-65504, and keys too or, when RoPE rotates them before coding,
+   * each rotation pair's norm. Checked as they enter, so a bad token fails the call that
+   * brings it instead of every later append.
+   */
+  async #checkEncodable(keys: Tensor, values: Tensor, from: number, count: number): Promise<void> {
+    if (count === 0) return;
+    const s = this.params.settings, D = s.headDim, shape = [this.batch, s.kvHeads, count, D];
+    using k = Tensor.empty(shape, s.rawDtype, this.device), v = Tensor.empty(shape, s.rawDtype, this.device);
+    await copyRows(keys, k, 2, from, 0, count);
+    await copyRows(values, v, 2, from, 0, count);
+    const toF32 = s.rawDtype === 'f16' ? f16BitsToF32 : s.rawDtype === 'bf16' ? bf16BitsToF32 : (x: number) => x;
+    const [kd, vd] = [await k.data(), await v.data()];
+    const within = (x: number) => Math.abs(x) <= MAX_MAGNITUDE; // false for NaN
+    let ok = vd.every((x) => within(toF32(x)));
+    if (ok && encodesPostRope(s.mode) && this.rope.style !== 0) {
+      const half = this.rope.style === 2;
+      for (let row = 0; ok && row < kd.length; row += D)
+        for (let i = 0; ok && i < D / 2; i++) {
+          const a = toF32(kd[row + (half ? i : 2 * i)]!), b = toF32(kd[row + (half ? i + D / 2 : 2 * i + 1)]!);
+          ok = within(Math.hypot(a, b));
+        }
+    } else if (ok) {
+      ok = kd.every((x) => within(toF32(x)));
+    }
+    if (!ok) fail('E_RANGE', 'quantize: keys or values hold NaN, infinity, or a magnitude above 65504 (the f16 range of the format\'s scales)');
+  }
+
+  /** Writes the tokens' positions after the ones held (past `tokens`: nothing committed). */
   async #storePositions(positions: Tensor<'i32'> | undefined, count: number, arg: string): Promise<void> {
-    if (!this.positions) {
+    if (!this.#positions) {
       if (positions !== undefined) fail('E_RANGE', `${arg}: this cache was quantized without positions (token index = position)`);
       return;
     }
     if (!isTensor(positions) || positions.dtype !== 'i32' || positions.rank !== 2 || positions.shape[0] !== this.batch || positions.shape[1] !== count)
       fail('E_SHAPE', `${arg}: expected an i32 tensor [${this.batch}, ${count}], got ${describe(positions)}`);
     if (positions.device !== this.device) fail('E_DEVICE', `${arg}: expected device ${this.device}, got ${positions.device}`);
-    const needed = this.tokens + count;
-    if (needed > this.positions.shape[1]!) {
-      const grown = Tensor.zeros([this.batch, Math.max(needed, 2 * this.positions.shape[1]!)], 'i32', this.device);
-      await copyRows(this.positions, grown, 1, 0, 0, this.tokens);
-      this.positions.dispose();
-      this.positions = grown;
+    const needed = this.#tokens + count;
+    if (needed > this.#positions.shape[1]!) {
+      const grown = Tensor.zeros([this.batch, Math.max(needed, 2 * this.#positions.shape[1]!)], 'i32', this.device);
+      await copyRows(this.#positions, grown, 1, 0, 0, this.#tokens);
+      this.#positions.dispose();
+      this.#positions = grown;
     }
-    await copyRows(positions, this.positions, 1, 0, this.tokens, count);
+    await copyRows(positions, this.#positions, 1, 0, this.#tokens, count);
   }
 
   /** @internal first fill, by `quantize` */
@@ -229,61 +269,67 @@ export class QuantizedKV implements Disposable {
     await copyRows(values, this.rawValues, 2, 0, 0, sink);
     await copyRows(keys, this.rawKeys, 2, sink + pages * PAGE_TOKENS, sink, recent);
     await copyRows(values, this.rawValues, 2, sink + pages * PAGE_TOKENS, sink, recent);
-    await this.#encode(keys, values, positions, 0, sink, pages);
-    this.sinkCount = sink;
-    this.recentCount = recent;
-    this.tokens = T;
+    await this.#checkEncodable(this.rawKeys, this.rawValues, 0, sink + recent);
+    await this.#encode(keys, values, positions, 0, sink, 0, pages);
+    [this.#sinkCount, this.#recentCount, this.#pageCount, this.#tokens] = [sink, recent, pages, T];
   }
 
   /**
    * Adds tokens (keys pre-RoPE when the cache has RoPE, [B, Hkv, Tnew, D], the dtype of the
    * first tokens). They join the sink until it is full, then the recent window; whenever the
    * window reaches recentTokens + 64, its oldest 64 tokens become a page. The result is
-   * bit-identical to quantizing the whole sequence at once.
+   * bit-identical to quantizing the whole sequence at once. A failed append (bad input, out
+   * of memory) leaves the cache as it was.
    */
   async append(keys: Tensor, values: Tensor, options: { positions?: Tensor<'i32'> } = {}): Promise<void> {
     checkOptions(options, ['positions'], 'append(options)');
     const count = this.#checkTokens(keys, values);
     const s = this.params.settings, H = s.kvHeads, D = s.headDim;
-    if (this.positions && options.positions === undefined) fail('E_RANGE', 'positions: this cache has explicit positions; append needs them too');
+    if (this.#positions && options.positions === undefined) fail('E_RANGE', 'positions: this cache has explicit positions; append needs them too');
     await this.#storePositions(options.positions, count, 'positions');
-    const toSink = Math.min(s.sinkTokens - this.sinkCount, count);
-    await copyRows(keys, this.rawKeys, 2, 0, this.sinkCount, toSink);
-    await copyRows(values, this.rawValues, 2, 0, this.sinkCount, toSink);
-    this.sinkCount += toSink;
-    const fresh = count - toSink, window = this.recentCount + fresh;
+    // everything below writes only past what is committed, until the last step
+    const toSink = Math.min(s.sinkTokens - this.#sinkCount, count), sink = this.#sinkCount + toSink;
+    await copyRows(keys, this.rawKeys, 2, 0, this.#sinkCount, toSink);
+    await copyRows(values, this.rawValues, 2, 0, this.#sinkCount, toSink);
+    await this.#checkEncodable(this.rawKeys, this.rawValues, this.#sinkCount, toSink);
+    const fresh = count - toSink, window = this.#recentCount + fresh;
     const flush = window >= s.recentTokens + PAGE_TOKENS ? Math.floor((window - s.recentTokens) / PAGE_TOKENS) : 0;
     if (flush === 0) {
-      await copyRows(keys, this.rawKeys, 2, toSink, this.sinkCount + this.recentCount, fresh);
-      await copyRows(values, this.rawValues, 2, toSink, this.sinkCount + this.recentCount, fresh);
+      await copyRows(keys, this.rawKeys, 2, toSink, sink + this.#recentCount, fresh);
+      await copyRows(values, this.rawValues, 2, toSink, sink + this.#recentCount, fresh);
+      await this.#checkEncodable(this.rawKeys, this.rawValues, sink + this.#recentCount, fresh);
     } else {
       // old recent tokens + new ones, in the raw dtype, then the oldest pages from there
-      const firstToken = this.sinkCount + this.pageCount * PAGE_TOKENS;
+      const firstToken = sink + this.#pageCount * PAGE_TOKENS;
       using windowKeys = Tensor.empty([this.batch, H, window, D], s.rawDtype, this.device);
       using windowValues = Tensor.empty([this.batch, H, window, D], s.rawDtype, this.device);
-      await copyRows(this.rawKeys, windowKeys, 2, this.sinkCount, 0, this.recentCount);
-      await copyRows(this.rawValues, windowValues, 2, this.sinkCount, 0, this.recentCount);
-      await copyRows(keys, windowKeys, 2, toSink, this.recentCount, fresh);
-      await copyRows(values, windowValues, 2, toSink, this.recentCount, fresh);
+      await copyRows(this.rawKeys, windowKeys, 2, sink, 0, this.#recentCount);
+      await copyRows(this.rawValues, windowValues, 2, sink, 0, this.#recentCount);
+      await copyRows(keys, windowKeys, 2, toSink, this.#recentCount, fresh);
+      await copyRows(values, windowValues, 2, toSink, this.#recentCount, fresh);
+      await this.#checkEncodable(windowKeys, windowValues, this.#recentCount, fresh);
       let windowPositions: Tensor<'i32'> | null = null;
       try {
-        if (this.positions) {
+        if (this.#positions) {
           windowPositions = Tensor.empty([this.batch, window], 'i32', this.device);
-          await copyRows(this.positions, windowPositions, 1, firstToken, 0, window);
+          await copyRows(this.#positions, windowPositions, 1, firstToken, 0, window);
         }
-        await this.#encode(windowKeys, windowValues, windowPositions, firstToken, 0, flush);
+        await this.#encode(windowKeys, windowValues, windowPositions, firstToken, 0, this.#pageCount, flush);
       } finally {
         windowPositions?.dispose();
       }
-      await copyRows(windowKeys, this.rawKeys, 2, flush * PAGE_TOKENS, this.sinkCount, window - flush * PAGE_TOKENS);
-      await copyRows(windowValues, this.rawValues, 2, flush * PAGE_TOKENS, this.sinkCount, window - flush * PAGE_TOKENS);
+      // the one write over committed rows: the recent window moves down
+      await copyRows(windowKeys, this.rawKeys, 2, flush * PAGE_TOKENS, sink, window - flush * PAGE_TOKENS);
+      await copyRows(windowValues, this.rawValues, 2, flush * PAGE_TOKENS, sink, window - flush * PAGE_TOKENS);
     }
-    this.recentCount = window - flush * PAGE_TOKENS;
-    this.tokens += count;
+    this.#sinkCount = sink;
+    this.#pageCount += flush;
+    this.#recentCount = window - flush * PAGE_TOKENS;
+    this.#tokens += count;
   }
 
   dispose(): void {
-    for (const t of [...Object.values(this.pages), this.rawKeys, this.rawValues, this.positions, this.#ropeUpload]) t?.dispose();
+    for (const t of [...Object.values(this.#pages), this.rawKeys, this.rawValues, this.#positions, this.#ropeUpload]) t?.dispose();
   }
 
   [Symbol.dispose](): void {
