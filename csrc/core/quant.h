@@ -173,6 +173,9 @@ void quant_encode(const QuantEncodeProblem& p);
 void quant_decode(const QuantDecodeProblem& p);
 void copy_rows(const CopyRowsProblem& p);
 void kmeans(const KmeansProblem& p);
+// The k-means++ start of one dim > 1 problem (f64 centroids [k, dim]); the CUDA path starts
+// from it too, so both backends begin from the same centroids.
+void kmeans_plus_plus(const float* data, const float* weights, int64_t N, int64_t dim, int64_t k, uint64_t seed, double* centroids);
 }  // namespace cpu
 
 namespace cuda {

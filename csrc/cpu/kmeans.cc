@@ -109,20 +109,31 @@ double squared_distance(const float* a, const double* b, int64_t dim) {
   return s;
 }
 
-void kmeans_nd(const float* data, const float* weights, int64_t N, int64_t dim, int64_t k, int32_t iterations, uint64_t seed,
-               float* out) {
-  const auto weight = [&](int64_t i) { return weights ? static_cast<double>(weights[i]) : 1.0; };
-  std::vector<double> c(k * dim), nearest(N), mass(N);
+double point_weight(const float* weights, int64_t i) { return weights ? static_cast<double>(weights[i]) : 1.0; }
+
+}  // namespace
+
+void kmeans_plus_plus(const float* data, const float* weights, int64_t N, int64_t dim, int64_t k, uint64_t seed, double* centroids) {
+  std::vector<double> nearest(N), mass(N);
   uint64_t draw = 0;
-  for (int64_t j = 0; j < k; ++j) {  // k-means++
-    for (int64_t i = 0; i < N; ++i) mass[i] = j == 0 ? weight(i) : weight(i) * nearest[i];
+  for (int64_t j = 0; j < k; ++j) {
+    for (int64_t i = 0; i < N; ++i) mass[i] = j == 0 ? point_weight(weights, i) : point_weight(weights, i) * nearest[i];
     const int64_t pick = draw_index(mass, uniform01(seed, draw));
-    for (int64_t d = 0; d < dim; ++d) c[j * dim + d] = data[pick * dim + d];
+    for (int64_t d = 0; d < dim; ++d) centroids[j * dim + d] = data[pick * dim + d];
     for (int64_t i = 0; i < N; ++i) {
-      const double dist = squared_distance(data + i * dim, c.data() + j * dim, dim);
+      const double dist = squared_distance(data + i * dim, centroids + j * dim, dim);
       nearest[i] = j == 0 ? dist : std::min(nearest[i], dist);
     }
   }
+}
+
+namespace {
+
+void kmeans_nd(const float* data, const float* weights, int64_t N, int64_t dim, int64_t k, int32_t iterations, uint64_t seed,
+               float* out) {
+  const auto weight = [&](int64_t i) { return point_weight(weights, i); };
+  std::vector<double> c(k * dim), nearest(N);
+  kmeans_plus_plus(data, weights, N, dim, k, seed, c.data());
   std::vector<int64_t> assign(N, -1);
   std::vector<double> sum(k * dim), total(k);
   for (int32_t iter = 0; iter < iterations; ++iter) {
