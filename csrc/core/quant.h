@@ -183,6 +183,7 @@ void quant_attention(const QuantAttentionProblem& p, void* stream);
 void quant_encode(const QuantEncodeProblem& p, void* stream);
 void quant_decode(const QuantDecodeProblem& p, void* stream);
 void copy_rows(const CopyRowsProblem& p, void* stream);
+void kmeans(const KmeansProblem& p, void* stream);
 }  // namespace cuda
 
 }  // namespace kvs

@@ -1,10 +1,12 @@
 // kvs_quant_encode, kvs_quant_decode, kvs_copy_rows, kvs_kmeans: argument checks (every
-// size the kernels index with is proven here) and dispatch to csrc/cpu/quant.cc, kmeans.cc
-// or cuda/quant.cu.
+// size the kernels index with is proven here) and dispatch to csrc/cpu/quant.cc, kmeans.cc,
+// cuda/quant.cu or kmeans.cu.
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "core/cuda_runtime.h"
 #include "core/dispatch.h"
 #include "core/error.h"
 #include "core/host_copy.h"
@@ -321,9 +323,32 @@ extern "C" kvs_status kvs_copy_rows(const kvs_tensor* src, int32_t axis, int64_t
   });
 }
 
+namespace kvs {
+namespace {
+
+// kmeans reads every value on the host to check it, wherever the tensors live.
+void check_kmeans_values(const float* data, const float* weights, int64_t points, int64_t dim) {
+  for (int64_t i = 0; i < points * dim; ++i)
+    if (!std::isfinite(data[i])) throw Error(KVS_E_RANGE, "data: holds NaN or infinity");
+  for (int64_t i = 0; weights && i < points; ++i)
+    if (!(weights[i] >= 0.f) || !std::isfinite(weights[i])) throw Error(KVS_E_RANGE, "weights: expected finite values >= 0");
+}
+
+#ifdef KVSQUASH_WITH_CUDA
+std::vector<float> f32_to_host(const float* device_data, int64_t count, int device, void* stream) {
+  std::vector<float> host(static_cast<size_t>(count));
+  cuda::memcpy(host.data(), device_data, host.size() * sizeof(float), KVS_COPY_DEVICE_TO_HOST, device, stream);
+  cuda::synchronize(device, stream);
+  return host;
+}
+#endif
+
+}  // namespace
+}  // namespace kvs
+
 extern "C" kvs_status kvs_kmeans(const kvs_tensor* data, const kvs_tensor* weights, const kvs_kmeans_params* params,
                                  const kvs_tensor* centroids, void* stream) {
-  (void)stream;
+  (void)stream;  // only the CUDA path uses it
   return guarded([&] {
     if (!params) throw Error(KVS_E_RANGE, "kmeans: params is NULL");
     check_tensor(data, "data");
@@ -344,14 +369,22 @@ extern "C" kvs_status kvs_kmeans(const kvs_tensor* data, const kvs_tensor* weigh
     check_dtype(*centroids, {KVS_F32}, "centroids");
     check_same_device(*centroids, *data, "centroids", "data");
     check_shape(*centroids, {G, params->k, dim}, "centroids", "[G, k, dim]");
-    if (data->device_type != KVS_CPU) throw Error(KVS_E_UNSUPPORTED, "kmeans: runs on the CPU only (for now)");
     p.data = static_cast<const float*>(data->data);
-    for (int64_t i = 0; i < G * N * dim; ++i)
-      if (!std::isfinite(p.data[i])) throw Error(KVS_E_RANGE, "data: holds NaN or infinity");
-    for (int64_t i = 0; p.weights && i < G * N; ++i)
-      if (!(p.weights[i] >= 0.f) || !std::isfinite(p.weights[i])) throw Error(KVS_E_RANGE, "weights: expected finite values >= 0");
     p.centroids = static_cast<float*>(centroids->data);
     p.G = G, p.N = N, p.dim = dim, p.k = params->k, p.iterations = params->iterations, p.seed = params->seed;
-    cpu::kmeans(p);
+    p.device = data->device_index;
+    dispatch(*data, "kmeans", [&] {
+      check_kmeans_values(p.data, p.weights, G * N, dim);
+      cpu::kmeans(p);
+    }, [&] {
+#ifdef KVSQUASH_WITH_CUDA
+      // A copy just for the checks: cuda::kmeans copies the data to the host once more for its
+      // k-means++ start, a few milliseconds beside that start's seconds.
+      const std::vector<float> host_data = f32_to_host(p.data, G * N * dim, p.device, stream);
+      const std::vector<float> host_weights = p.weights ? f32_to_host(p.weights, G * N, p.device, stream) : std::vector<float>();
+      check_kmeans_values(host_data.data(), p.weights ? host_weights.data() : nullptr, G * N, dim);
+      cuda::kmeans(p, stream);
+#endif
+    });
   });
 }

@@ -336,7 +336,9 @@ kvs_status kvs_copy_rows(const kvs_tensor* src, int32_t axis, int64_t src_start,
 /* Weighted k-means over G independent problems (definition in csrc/cpu/kmeans.cc): data f32
  * [G, N, dim], weights f32 [G, N] (NULL: all 1), centroids f32 [G, k, dim], k <= N. dim 1 is
  * solved exactly by sorting and starts from weighted quantiles; dim > 1 starts from seeded
- * k-means++. CPU only for now. */
+ * k-means++. CPU or CUDA; on CUDA the centroids equal the CPU's: the values are checked, the
+ * k-means++ start and all of dim 1 are computed on the host (the call waits for the stream),
+ * Lloyd's iterations on the device. */
 typedef struct kvs_kmeans_params {
   int64_t k;
   int32_t iterations; /* upper bound on Lloyd iterations (stops early at a fixed point) */

@@ -4,7 +4,7 @@
  * k-means (csrc/cpu/kmeans.cc). Serializable to a versioned binary blob.
  */
 import { DTYPES, f16BitsToF32, f32ToF16Bits, bf16BitsToF32, f32ToBF16Bits } from '../dtype.js';
-import { deviceIndex, type DeviceLike } from '../device.js';
+import { deviceIndex, deviceName, type DeviceLike } from '../device.js';
 import { describe, fail, nativeCall } from '../errors.js';
 import { native, type NativeTensor } from '../native.js';
 import { Tensor, isTensor, toNative } from '../tensor.js';
@@ -205,7 +205,9 @@ export interface KmeansOptions {
 
 /**
  * Deterministic weighted k-means over G independent problems: data f32 [G, N, dim] ->
- * centroids f32 [G, k, dim] (dim 1: sorted). Definition in csrc/cpu/kmeans.cc. CPU only.
+ * centroids f32 [G, k, dim] (dim 1: sorted). Definition in csrc/cpu/kmeans.cc. Runs where
+ * `data` lives; on CUDA the centroids equal the CPU's (the k-means++ start and dim 1 are
+ * computed on the host, Lloyd's iterations on the device).
  */
 export async function kmeans(data: Tensor, options: KmeansOptions): Promise<Tensor<'f32'>> {
   checkOptions(options, ['k', 'iterations', 'seed', 'weights'], 'kmeans(options)');
@@ -243,6 +245,7 @@ export interface CalibrateOptions {
   iterations?: number;
   /** calibration vectors per 8-channel group for the 8-D codebooks (default 8192, an evenly spread sample) */
   maxVqSamples?: number;
+  /** where the 8-D codebooks' k-means runs (default 'cpu'; the same codebooks on either); the rest runs on the CPU */
   device?: DeviceLike;
 }
 
@@ -309,8 +312,9 @@ async function codebook1d(samples: number[], s: QuantSettings, what: string): Pr
   return (await centroids.data()) as Float32Array;
 }
 
-/** 256-entry codebooks per (head, 8-channel group) from `vectors(h)` rows [n, D]. */
-async function vqCodebooks(rows: Float32Array[], s: QuantSettings, iterations: number, maxSamples: number, what: string): Promise<Float32Array> {
+/** 256-entry codebooks per (head, 8-channel group) from `vectors(h)` rows [n, D], k-means on `device`. */
+async function vqCodebooks(rows: Float32Array[], s: QuantSettings, iterations: number, maxSamples: number, what: string,
+  device: DeviceLike): Promise<Float32Array> {
   const { headDim: D, kvHeads: H } = s, groups = D / VQ_GROUP, n = rows[0]!.length / D;
   if (n < VQ_ENTRIES) fail('E_SHAPE', `${what}: ${n} calibration tokens per head, the 256-entry codebooks need at least ${VQ_ENTRIES}`);
   const used = Math.min(n, maxSamples), pick = (i: number) => Math.floor((i * n) / used); // evenly spread rows
@@ -320,14 +324,16 @@ async function vqCodebooks(rows: Float32Array[], s: QuantSettings, iterations: n
       for (let i = 0; i < used; i++)
         for (let c = 0; c < VQ_GROUP; c++) data[((h * groups + g) * used + i) * VQ_GROUP + c] = rows[h]![pick(i) * D + g * VQ_GROUP + c]!;
   using input = Tensor.from(data, [H * groups, used, VQ_GROUP], 'f32');
-  using centroids = await kmeans(input, { k: VQ_ENTRIES, iterations, seed: s.seed });
+  using placed = device === 'cpu' ? null : await input.to(device);
+  using centroids = await kmeans(placed ?? input, { k: VQ_ENTRIES, iterations, seed: s.seed });
   return (await centroids.data()) as Float32Array;
 }
 
 /**
  * Learns the QuantParams of a mode from calibration K/V (keys pre-RoPE). Deterministic for
- * a given input and seed. kivi2 and rot* need no data. Runs on the CPU (the `device` option
- * only says where the inputs may live).
+ * a given input and seed. kivi2 and rot* need no data. Inputs may live on any device; the
+ * 8-D codebooks' k-means runs on `device` (the same codebooks on either, csrc/cpu/kmeans.cc),
+ * everything else on the CPU.
  */
 export async function calibrate(options: CalibrateOptions): Promise<QuantParams> {
   checkOptions(options, ['keys', 'values', 'mode', 'headDim', 'kvHeads', 'outliers', 'sinkTokens', 'recentTokens', 'seed', 'rawDtype',
@@ -337,7 +343,7 @@ export async function calibrate(options: CalibrateOptions): Promise<QuantParams>
     outliers: options.outliers ?? 0, sinkTokens: options.sinkTokens ?? 1, recentTokens: options.recentTokens ?? 128,
     rawDtype: options.rawDtype ?? 'f16', seed: options.seed ?? 0,
   });
-  if (options.device !== undefined) deviceIndex(options.device, 'device');
+  const device = deviceName(deviceIndex(options.device ?? 'cpu', 'device'));
   const iterations = integerIn(options.iterations ?? 50, 1, 100000, 'iterations');
   const maxVqSamples = integerIn(options.maxVqSamples ?? 8192, VQ_ENTRIES, 1 << 24, 'maxVqSamples');
   const kc = keyCodec(settings.mode), vc = valueCodec(settings.mode), D = settings.headDim;
@@ -353,13 +359,13 @@ export async function calibrate(options: CalibrateOptions): Promise<QuantParams>
       for (const r of normalized) for (const t of r) if (Math.abs(t) <= 1) inliers.push(t);
       arrays.keyCodebook = await codebook1d(inliers, settings, 'keys');
     } else {
-      arrays.keyVqCodebook = await vqCodebooks(normalized, settings, iterations, maxVqSamples, 'keys');
+      arrays.keyVqCodebook = await vqCodebooks(normalized, settings, iterations, maxVqSamples, 'keys', device);
     }
   }
   if (vc === 'nuqToken' || vc === 'vq') {
     if (!options.values) fail('E_SHAPE', `values: mode ${settings.mode} calibrates on values; none given`);
     const rows = await calibrationRows(options.values, settings, 'values');
-    if (vc === 'vq') arrays.valueVqCodebook = await vqCodebooks(rows, settings, iterations, maxVqSamples, 'values');
+    if (vc === 'vq') arrays.valueVqCodebook = await vqCodebooks(rows, settings, iterations, maxVqSamples, 'values', device);
     else arrays.valueCodebook = await codebook1d(nuqTokenSamples(rows, settings), settings, 'values');
   }
   return new QuantParams(settings, arrays);
