@@ -402,6 +402,7 @@ badInputTests(test, [
   ['dequantize: applyRope without RoPE', async () => { using q = await quantize(good.keys, good.values, nuq); await dequantize(q, { applyRope: true }); }, 'E_RANGE'],
   ['kmeans: k > N', () => kmeans(Tensor.zeros([1, 3, 1]), { k: 4 }), 'E_RANGE'],
   ['kmeans: NaN data', () => kmeans(Tensor.from(new Float32Array([0, NaN, 1]), [1, 3, 1]), { k: 2 }), 'E_RANGE'],
+  ['kmeans: weights not a tensor', () => kmeans(Tensor.zeros([1, 3, 1]), { k: 2, weights: new Float32Array(3) as never }), 'E_DTYPE'],
   ['kmeans: negative weight', () => kmeans(Tensor.zeros([1, 3, 1]), { k: 2, weights: Tensor.from(new Float32Array([1, -1, 1]), [1, 3]) }), 'E_RANGE'],
 ]);
 

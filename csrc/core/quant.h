@@ -134,7 +134,7 @@ struct CopyRowsProblem {
 };
 
 // Weighted k-means, per group g of G independent problems: data f32 [G, N, dim], weights
-// f32 [G, N] (nullptr: all 1), centroids f32 [G, k, dim]. Definition in quant_codec.h.
+// f32 [G, N] (nullptr: all 1), centroids f32 [G, k, dim]. Definition in csrc/cpu/kmeans.cc.
 struct KmeansProblem {
   const float* data;
   const float* weights;

@@ -8,7 +8,7 @@ import { deviceIndex, deviceName, type DeviceLike } from '../device.js';
 import { describe, fail, nativeCall } from '../errors.js';
 import { native, type NativeTensor } from '../native.js';
 import { Tensor, isTensor, toNative } from '../tensor.js';
-import { checkOptions } from './args.js';
+import { checkOptions, checkTensorArg } from './args.js';
 import {
   keyCodec, MAX_OUTLIERS, MODE_CODE, NUQ_LEVELS, QUANT_MODES, valueCodec, VQ_ENTRIES, VQ_GROUP, type QuantMode,
 } from './quant-format.js';
@@ -95,7 +95,7 @@ export class QuantParams {
       if (!array.every(Number.isFinite)) fail('E_RANGE', `${name}: holds NaN or infinity`);
       if ((name === 'keyCodebook' || name === 'valueCodebook') && !array.every((c, i) => i === 0 || array[i - 1]! <= c))
         fail('E_RANGE', `${name}: expected ascending levels`);
-      out[name] = array;
+      out[name] = array.slice(); // a private copy: the caller's array may change after these checks
     }
     this.arrays = Object.freeze(out) as QuantArrays;
   }
@@ -218,7 +218,7 @@ export async function kmeans(data: Tensor, options: KmeansOptions): Promise<Tens
   const seed = integerIn(options.seed ?? 0, 0, Number.MAX_SAFE_INTEGER, 'seed');
   const centroids = Tensor.empty([G, k, dim], 'f32', data.device);
   try {
-    await nativeCall(() => native().kmeans(data[toNative]('data'), options.weights ? options.weights[toNative]('weights') : null,
+    await nativeCall(() => native().kmeans(data[toNative]('data'), options.weights !== undefined ? checkTensorArg(options.weights, 'weights', 2, data) : null,
       centroids[toNative]('centroids'), { k, iterations, seed }));
     return centroids;
   } catch (error) {
