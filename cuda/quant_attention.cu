@@ -6,14 +6,17 @@
 // double-rounded values), which quant.h's tolerance covers.
 //
 // Split-K in two kernels:
-//  1. qattn_split_kernel: a block per (sequence b, KV head h, chunk of that head's query rows,
-//     token split). Rows number (query head g of h's GQA group, query i) as g * Tq + i (the
-//     order of q, out and lse), so every row of the group shares each decoded key and value.
-//     The block's 4 warps take 32-token chunks of the split in turn:
+//  1. qattn_split_kernel: a block per (sequence b, query rows, token split). Rows number
+//     (KV head h, query head g of h's GQA group, query i) as (h * G + g) * Tq + i (the order
+//     of q, out and lse), so every row of a group shares each decoded key and value. A block
+//     takes up to R rows of one KV head or, when each head has one row (MHA decode) and its
+//     page keys need RoPE, the rows of R consecutive KV heads, so each cos/sin serves them
+//     all. The block's 4 warps take 32-token chunks of the split in turn:
 //       keys, a lane per token: the lane decodes its token's key unit by unit in registers,
 //       applies RoPE pair by pair where the key is not stored post-RoPE (cos/sin once per
-//       (token, frequency), shared by all the block's rows), and dots it with every row's
-//       query; residual slots are added as separate rank-1 terms (rotated like the key);
+//       (token, frequency), shared by all the block's heads and rows), and dots it with
+//       every row's query; residual slots are added as separate rank-1 terms (rotated like
+//       the key);
 //       softmax: an online (running max, sum) per row and warp, in f32;
 //       values, a lane per output dim: for each token of the chunk the lanes decode their
 //       dims and accumulate p * v for every row.
@@ -81,7 +84,9 @@ struct SplitArgs {
   const void* q;
   kvs_dtype q_dtype;
   const int32_t* kv_lengths;  // [B, Hkv] or nullptr
-  int64_t Tq, rows_per_head, row_chunks, splits, split_tokens;
+  int64_t Tq, rows_per_head, splits, split_tokens;
+  int64_t row_chunks;           // blocks per KV head when a block serves one head
+  int64_t blocks_per_sequence;
   float scale;
   bool causal;
   bool rope_page_keys;  // page keys are stored pre-RoPE and the cache has RoPE
@@ -100,14 +105,14 @@ struct MergeArgs {
 };
 
 // Shared memory of a split block, in floats: queries [R][D] (and their rotated copies for
-// the Rotation codec), RoPE frequencies [D/2], key zero/range [D] each, the two 4-level
+// the Rotation codec), RoPE frequencies [D/2], key zero/range [heads][D] each, the two 4-level
 // codebooks, then the per-warp states for the final merge: outputs [kWarps][R][D] (twice
 // for Rotation), maxima and sums [kWarps][R].
 struct SharedLayout {
   int64_t queries, rotated_queries, inv_freq, key_zero, key_range, codebooks, warp_out, warp_rotated, warp_max, warp_sum, total;
 };
 
-__host__ __device__ inline SharedLayout shared_layout(int32_t D, int rows, bool rotation) {
+__host__ __device__ inline SharedLayout shared_layout(int32_t D, int rows, int heads, bool rotation) {
   SharedLayout s{};
   int64_t at = 0;
   const auto take = [&](int64_t floats) {
@@ -118,8 +123,8 @@ __host__ __device__ inline SharedLayout shared_layout(int32_t D, int rows, bool 
   s.queries = take(static_cast<int64_t>(rows) * D);
   s.rotated_queries = take(rotation ? static_cast<int64_t>(rows) * D : 0);
   s.inv_freq = take(D / 2);
-  s.key_zero = take(D);
-  s.key_range = take(D);
+  s.key_zero = take(static_cast<int64_t>(heads) * D);
+  s.key_range = take(static_cast<int64_t>(heads) * D);
   s.codebooks = take(2 * kNuqLevels);
   s.warp_out = take(static_cast<int64_t>(kWarps) * rows * D);
   s.warp_rotated = take(rotation ? static_cast<int64_t>(kWarps) * rows * D : 0);
@@ -171,182 +176,209 @@ static __device__ __forceinline__ void rope_cos_sin(const float* inv_freq, int64
   sincosf(mul_rn(static_cast<float>(pos), inv_freq[i]), &s, &c);
 }
 
-// Adds <q_j, key> for every row j < rows, the key given element by element by key_at(d)
-// (codec domain); with RoPE, pair by pair after rotating it by `pos` as apply_rope does.
-template <int R, class KeyAt>
-static __device__ __forceinline__ void dot_key(const float* queries, int32_t D, int rows, const Rope& rope, const float* inv_freq,
-                                               bool rotate, int64_t pos, KeyAt key_at, float (&dot)[R]) {
+// Adds <q_j, key of row j's head> for every row j < rows (rows kRowsPerHead per head, head
+// hb < heads), the key given element by element by key_at(hb, d) (codec domain); with RoPE,
+// pair by pair after rotating it by `pos` as apply_rope does, one cos/sin for all heads.
+template <int R, int kRowsPerHead, class KeyAt>
+static __device__ __forceinline__ void dot_key(const float* queries, int32_t D, int rows, int heads, const Rope& rope,
+                                               const float* inv_freq, bool rotate, int64_t pos, KeyAt key_at, float (&dot)[R]) {
+  constexpr int kHeads = R / kRowsPerHead;
   if (!rotate) {
     for (int32_t d = 0; d < D; ++d) {
-      const float k = key_at(d);
 #pragma unroll
-      for (int j = 0; j < R; ++j)
-        if (j < rows) dot[j] = fmaf(queries[j * D + d], k, dot[j]);
+      for (int hb = 0; hb < kHeads; ++hb) {
+        if (hb >= heads) break;
+        const float k = key_at(hb, d);
+#pragma unroll
+        for (int jj = 0; jj < kRowsPerHead; ++jj) {
+          const int j = hb * kRowsPerHead + jj;
+          if (j < rows) dot[j] = fmaf(queries[j * D + d], k, dot[j]);
+        }
+      }
     }
     return;
   }
   for (int32_t i = 0; i < D / 2; ++i) {
     int32_t ia, ib;
     rope_pair(rope.style, D, i, ia, ib);
-    const float ka = key_at(ia), kb = key_at(ib);
     float c, s;
     rope_cos_sin(inv_freq, pos, i, c, s);
-    const float ra = sub_rn(mul_rn(ka, c), mul_rn(kb, s));
-    const float rb = add_rn(mul_rn(ka, s), mul_rn(kb, c));
 #pragma unroll
-    for (int j = 0; j < R; ++j)
-      if (j < rows) dot[j] = fmaf(queries[j * D + ia], ra, fmaf(queries[j * D + ib], rb, dot[j]));
+    for (int hb = 0; hb < kHeads; ++hb) {
+      if (hb >= heads) break;
+      const float ka = key_at(hb, ia), kb = key_at(hb, ib);
+      const float ra = sub_rn(mul_rn(ka, c), mul_rn(kb, s));
+      const float rb = add_rn(mul_rn(ka, s), mul_rn(kb, c));
+#pragma unroll
+      for (int jj = 0; jj < kRowsPerHead; ++jj) {
+        const int j = hb * kRowsPerHead + jj;
+        if (j < rows) dot[j] = fmaf(queries[j * D + ia], ra, fmaf(queries[j * D + ib], rb, dot[j]));
+      }
+    }
   }
 }
 
 // The residual slots of a page key, as rank-1 terms value * e_d (rotated by RoPE where the
-// key is: the slots are added in the codec domain, before RoPE).
-template <int R>
-static __device__ __forceinline__ void dot_key_residuals(const SplitArgs& a, const TokenPlace& p, const float* queries, int rows,
+// key is: the slots are added in the codec domain, before RoPE). p locates head 0's page.
+template <int R, int kRowsPerHead>
+static __device__ __forceinline__ void dot_key_residuals(const SplitArgs& a, const TokenPlace& p, const float* queries, int rows, int heads,
                                                          const float* inv_freq, bool rotate, int64_t pos, float (&dot)[R]) {
+  constexpr int kHeads = R / kRowsPerHead;
   const int32_t D = a.format.D, slots = a.format.outliers;
-  const int64_t first = (p.page_head * kQuantPageTokens + p.token) * slots;
-  for (int32_t s = 0; s < slots; ++s) {
-    const uint16_t bits = a.key.outlier_value[first + s];
-    const int32_t d = a.key.outlier_index[first + s];
-    if ((bits & 0x7fffu) == 0 || d >= D) continue;  // empty slot (a valid page has d < D)
-    const float v = half_to_float(bits);
-    if (!rotate) {
 #pragma unroll
-      for (int j = 0; j < R; ++j)
-        if (j < rows) dot[j] = fmaf(queries[j * D + d], v, dot[j]);
-      continue;
+  for (int hb = 0; hb < kHeads; ++hb) {
+    if (hb >= heads) break;
+    const int64_t first = ((p.page_head + hb) * kQuantPageTokens + p.token) * slots;
+    for (int32_t s = 0; s < slots; ++s) {
+      const uint16_t bits = a.key.outlier_value[first + s];
+      const int32_t d = a.key.outlier_index[first + s];
+      if ((bits & 0x7fffu) == 0 || d >= D) continue;  // empty slot (a valid page has d < D)
+      const float v = half_to_float(bits);
+      // unrotated: (ia, ra) = (d, v), rb = 0; rotated: (v, 0) turns into (v c, v s) and (0, v) into (-v s, v c)
+      int32_t ia = d, ib = d;
+      float ra = v, rb = 0.0f;
+      if (rotate) {
+        const bool half = a.rope.style == KVS_ROPE_HALF;
+        const int32_t i = half ? d % (D / 2) : d / 2;
+        const bool first_of_pair = half ? d < D / 2 : d % 2 == 0;
+        rope_pair(a.rope.style, D, i, ia, ib);
+        float c, sn;
+        rope_cos_sin(inv_freq, pos, i, c, sn);
+        ra = first_of_pair ? mul_rn(v, c) : -mul_rn(v, sn);
+        rb = first_of_pair ? mul_rn(v, sn) : mul_rn(v, c);
+      }
+#pragma unroll
+      for (int jj = 0; jj < kRowsPerHead; ++jj) {
+        const int j = hb * kRowsPerHead + jj;
+        if (j < rows) dot[j] = fmaf(queries[j * D + ia], ra, fmaf(queries[j * D + ib], rb, dot[j]));
+      }
     }
-    const bool half = a.rope.style == KVS_ROPE_HALF;
-    const int32_t i = half ? d % (D / 2) : d / 2;
-    const bool first_of_pair = half ? d < D / 2 : d % 2 == 0;
-    int32_t ia, ib;
-    rope_pair(a.rope.style, D, i, ia, ib);
-    float c, sn;
-    rope_cos_sin(inv_freq, pos, i, c, sn);
-    // (v, 0) rotates to (v c, v s); (0, v) to (-v s, v c)
-    const float ra = first_of_pair ? mul_rn(v, c) : -mul_rn(v, sn);
-    const float rb = first_of_pair ? mul_rn(v, sn) : mul_rn(v, c);
-#pragma unroll
-    for (int j = 0; j < R; ++j)
-      if (j < rows) dot[j] = fmaf(queries[j * D + ia], ra, fmaf(queries[j * D + ib], rb, dot[j]));
   }
 }
 
-// Lane work of a chunk: the scores <q_j, k_t> of the lane's token t for every row.
-template <int R, bool kRotation>
-static __device__ __forceinline__ void score_token(const SplitArgs& a, int64_t b, int64_t h, int64_t t, const float* queries,
+// Lane work of a chunk: the scores <q_j, k_t> of the lane's token t for every row, the
+// block's heads h0 .. h0 + heads - 1 (their statics at hb * D in key_zero / key_range).
+template <int R, int kRowsPerHead, bool kRotation>
+static __device__ __forceinline__ void score_token(const SplitArgs& a, int64_t b, int64_t h0, int heads, int64_t t, const float* queries,
                                    const float* rotated_queries, const float* inv_freq, const float* key_zero, const float* key_range,
                                    const float* codebooks, int rows, float isd, float (&dot)[R]) {
+  constexpr int kHeads = R / kRowsPerHead;
   const QuantFormat& f = a.format;
   const int32_t D = f.D;
-  const TokenPlace p = place_token(a, b, h, t);
+  const TokenPlace p = place_token(a, b, h0, t);  // head h0 + hb: page_head + hb, raw_row + hb * raw head size
   const bool rotate = a.rope.style != KVS_ROPE_NONE && (!p.in_page || a.rope_page_keys);
   const int64_t pos = !rotate ? 0 : (a.positions ? a.positions[b * a.positions_stride + t] : t);
 #pragma unroll
   for (int j = 0; j < R; ++j) dot[j] = 0.0f;
 
   if (!p.in_page) {
-    const auto raw_at = [&](int32_t d) { return load_storage(a.key.raw, f.raw_dtype, p.raw_row + d); };
-    dot_key<R>(queries, D, rows, a.rope, inv_freq, rotate, pos, raw_at, dot);
+    const int64_t head_size = a.raw_capacity * D;
+    const auto raw_at = [&](int hb, int32_t d) { return load_storage(a.key.raw, f.raw_dtype, p.raw_row + hb * head_size + d); };
+    dot_key<R, kRowsPerHead>(queries, D, rows, heads, a.rope, inv_freq, rotate, pos, raw_at, dot);
     return;
   }
-  const uint32_t* words = a.key.codes + p.page_head * a.key.words_per_page;
+  const uint32_t* words = a.key.codes + p.page_head * a.key.words_per_page;  // head hb: + hb * words_per_page
   if constexpr (kRotation) {
     // post-RoPE pages: <q, sign .* H w * isd> = <rotated q, w>, w_d = level_d * step
-    for (int32_t d = 0; d < D; ++d) {
-      const float level = lloyd_max_level(rotation_two_bits(f.mode, D, d), unit_code<Codec::Rotation>(f, a.key, words, p.token, d));
 #pragma unroll
-      for (int j = 0; j < R; ++j)
-        if (j < rows) dot[j] = fmaf(rotated_queries[j * D + d], level, dot[j]);
+    for (int hb = 0; hb < kHeads; ++hb) {
+      if (hb >= heads) break;
+      const uint32_t* head_words = words + hb * a.key.words_per_page;
+      float head_dot[kRowsPerHead] = {};
+      for (int32_t d = 0; d < D; ++d) {
+        const float level = lloyd_max_level(rotation_two_bits(f.mode, D, d), unit_code<Codec::Rotation>(f, a.key, head_words, p.token, d));
+#pragma unroll
+        for (int jj = 0; jj < kRowsPerHead; ++jj) {
+          const int j = hb * kRowsPerHead + jj;
+          if (j < rows) head_dot[jj] = fmaf(rotated_queries[j * D + d], level, head_dot[jj]);
+        }
+      }
+      const float step = mul_rn(half_to_float(a.key.meta[(p.page_head + hb) * a.key.meta_per_page + p.token]), isd);
+#pragma unroll
+      for (int jj = 0; jj < kRowsPerHead; ++jj) dot[hb * kRowsPerHead + jj] = head_dot[jj] * step;
     }
-    const float step = mul_rn(half_to_float(a.key.meta[p.page_head * a.key.meta_per_page + p.token]), isd);
-#pragma unroll
-    for (int j = 0; j < R; ++j) dot[j] *= step;
   } else {
-    const int64_t hd = h * D;
     switch (a.key.codec) {
       case Codec::UniformChannel: {
-        const uint16_t* m = a.key.meta + p.page_head * a.key.meta_per_page + (p.token / kKiviTokenGroup) * D * 2;
-        const auto key_at = [&](int32_t d) {
-          return uniform_value(unit_code<Codec::UniformChannel>(f, a.key, words, p.token, d), half_to_float(m[2 * d]), half_to_float(m[2 * d + 1]));
+        const uint16_t* meta = a.key.meta + p.page_head * a.key.meta_per_page + (p.token / kKiviTokenGroup) * D * 2;
+        const auto key_at = [&](int hb, int32_t d) {
+          const uint16_t* m = meta + hb * a.key.meta_per_page;
+          return uniform_value(unit_code<Codec::UniformChannel>(f, a.key, words + hb * a.key.words_per_page, p.token, d), half_to_float(m[2 * d]),
+                               half_to_float(m[2 * d + 1]));
         };
-        dot_key<R>(queries, D, rows, a.rope, inv_freq, rotate, pos, key_at, dot);
+        dot_key<R, kRowsPerHead>(queries, D, rows, heads, a.rope, inv_freq, rotate, pos, key_at, dot);
         break;
       }
       case Codec::NuqChannel: {
-        const auto key_at = [&](int32_t d) {
-          return fma_rn(codebooks[unit_code<Codec::NuqChannel>(f, a.key, words, p.token, d)], key_range[d], key_zero[d]);
+        const auto key_at = [&](int hb, int32_t d) {
+          const uint32_t code = unit_code<Codec::NuqChannel>(f, a.key, words + hb * a.key.words_per_page, p.token, d);
+          return fma_rn(codebooks[code], key_range[hb * D + d], key_zero[hb * D + d]);
         };
-        dot_key<R>(queries, D, rows, a.rope, inv_freq, rotate, pos, key_at, dot);
+        dot_key<R, kRowsPerHead>(queries, D, rows, heads, a.rope, inv_freq, rotate, pos, key_at, dot);
         break;
       }
       default: {  // Vq over channel-normalized keys
-        const float* book = f.key_vq_codebook + hd * kVqEntries;  // [D/8][256][8] of head h
-        const auto key_at = [&](int32_t d) {
+        const float* book = f.key_vq_codebook + h0 * D * kVqEntries;  // [heads][D/8][256][8] from head h0
+        const auto key_at = [&](int hb, int32_t d) {
           const int32_t g = d / kVqGroup;
-          const uint32_t code = unit_code<Codec::Vq>(f, a.key, words, p.token, g);
-          const float c = __ldg(book + (static_cast<int64_t>(g) * kVqEntries + code) * kVqGroup + d % kVqGroup);
-          return fma_rn(c, key_range[d], key_zero[d]);
+          const uint32_t code = unit_code<Codec::Vq>(f, a.key, words + hb * a.key.words_per_page, p.token, g);
+          const float c = __ldg(book + ((static_cast<int64_t>(hb) * (D / kVqGroup) + g) * kVqEntries + code) * kVqGroup + d % kVqGroup);
+          return fma_rn(c, key_range[hb * D + d], key_zero[hb * D + d]);
         };
-        dot_key<R>(queries, D, rows, a.rope, inv_freq, rotate, pos, key_at, dot);
+        dot_key<R, kRowsPerHead>(queries, D, rows, heads, a.rope, inv_freq, rotate, pos, key_at, dot);
         break;
       }
     }
   }
-  if (f.outliers > 0) dot_key_residuals<R>(a, p, queries, rows, inv_freq, rotate, pos, dot);
+  if (f.outliers > 0) dot_key_residuals<R, kRowsPerHead>(a, p, queries, rows, heads, inv_freq, rotate, pos, dot);
 }
 
-// Warp work per token t of a chunk: acc[j][c] += p_j * v_t[lane + 32 c] (Rotation pages:
-// rotated[j][c] += p_j * w_t[...] instead; residual slots always go to acc).
-template <int kDimsPerLane, int R, bool kRotation>
-static __device__ __forceinline__ void accumulate_value(const SplitArgs& a, int64_t b, int64_t h, int64_t t, int lane, int rows,
-                                                        const float* codebooks, float isd, const float (&weight)[R],
-                                                        float (&acc)[R][kDimsPerLane], float (&rotated)[R][kDimsPerLane]) {
+// Warp work per token t of a chunk, for the rows of block head hb (rows hb * kRowsPerHead
+// ..): acc[j][c] += p_j * v_t[lane + 32 c] (Rotation pages: rotated[j][c] += p_j * w_t[...]
+// instead; residual slots always go to acc). p locates the token for head h = h0 + hb.
+template <int kDimsPerLane, int R, int kRowsPerHead, bool kRotation>
+static __device__ __forceinline__ void accumulate_head_value(const SplitArgs& a, const TokenPlace& p, int64_t h, int hb, int lane, int rows,
+                                                             const float* codebooks, float isd, const float (&weight)[R],
+                                                             float (&acc)[R][kDimsPerLane], float (&rotated)[R][kDimsPerLane]) {
   const QuantFormat& f = a.format;
   const int32_t D = f.D;
-  const TokenPlace p = place_token(a, b, h, t);
-  if (!p.in_page) {
+  // v_t[d] for the lane's dims into the head's rows
+  const auto add_dims = [&](auto value_at) {
 #pragma unroll
     for (int c = 0; c < kDimsPerLane; ++c) {
       const int32_t d = lane + c * kWarpSize;
       if (d >= D) break;
-      const float v = load_storage(a.value.raw, f.raw_dtype, p.raw_row + d);
+      const float v = value_at(d);
 #pragma unroll
-      for (int j = 0; j < R; ++j)
+      for (int jj = 0; jj < kRowsPerHead; ++jj) {
+        const int j = hb * kRowsPerHead + jj;
         if (j < rows) acc[j][c] = fmaf(weight[j], v, acc[j][c]);
+      }
     }
+  };
+  if (!p.in_page) {
+    add_dims([&](int32_t d) { return load_storage(a.value.raw, f.raw_dtype, p.raw_row + d); });
     return;
   }
   const uint32_t* words = a.value.codes + p.page_head * a.value.words_per_page;
   const uint16_t* meta = a.value.meta ? a.value.meta + p.page_head * a.value.meta_per_page : nullptr;
   if constexpr (kRotation) {
     const float step = mul_rn(half_to_float(meta[p.token]), isd);
-    float scaled[R];
+    float scaled[kRowsPerHead];
 #pragma unroll
-    for (int j = 0; j < R; ++j) scaled[j] = weight[j] * step;
+    for (int jj = 0; jj < kRowsPerHead; ++jj) scaled[jj] = weight[hb * kRowsPerHead + jj] * step;
 #pragma unroll
     for (int c = 0; c < kDimsPerLane; ++c) {
       const int32_t d = lane + c * kWarpSize;
       if (d >= D) break;
       const float level = lloyd_max_level(rotation_two_bits(f.mode, D, d), unit_code<Codec::Rotation>(f, a.value, words, p.token, d));
 #pragma unroll
-      for (int j = 0; j < R; ++j)
-        if (j < rows) rotated[j][c] = fmaf(scaled[j], level, rotated[j][c]);
+      for (int jj = 0; jj < kRowsPerHead; ++jj) {
+        const int j = hb * kRowsPerHead + jj;
+        if (j < rows) rotated[j][c] = fmaf(scaled[jj], level, rotated[j][c]);
+      }
     }
   } else {
-    // v_t[d] for the lane's dims, one loop per codec
-    const auto add_dims = [&](auto value_at) {
-#pragma unroll
-      for (int c = 0; c < kDimsPerLane; ++c) {
-        const int32_t d = lane + c * kWarpSize;
-        if (d >= D) break;
-        const float v = value_at(d);
-#pragma unroll
-        for (int j = 0; j < R; ++j)
-          if (j < rows) acc[j][c] = fmaf(weight[j], v, acc[j][c]);
-      }
-    };
     switch (a.value.codec) {
       case Codec::UniformToken: {
         const uint16_t* m = meta + static_cast<int64_t>(p.token) * uniform_token_groups(D) * 2;
@@ -383,10 +415,28 @@ static __device__ __forceinline__ void accumulate_value(const SplitArgs& a, int6
       for (int c = 0; c < kDimsPerLane; ++c)
         if (d == lane + c * kWarpSize) {
 #pragma unroll
-          for (int j = 0; j < R; ++j)
+          for (int jj = 0; jj < kRowsPerHead; ++jj) {
+            const int j = hb * kRowsPerHead + jj;
             if (j < rows) acc[j][c] = fmaf(weight[j], v, acc[j][c]);
+          }
         }
     }
+  }
+}
+
+// The same for every head of the block.
+template <int kDimsPerLane, int R, int kRowsPerHead, bool kRotation>
+static __device__ __forceinline__ void accumulate_value(const SplitArgs& a, int64_t b, int64_t h0, int heads, int64_t t, int lane, int rows,
+                                                        const float* codebooks, float isd, const float (&weight)[R],
+                                                        float (&acc)[R][kDimsPerLane], float (&rotated)[R][kDimsPerLane]) {
+  constexpr int kHeads = R / kRowsPerHead;
+  TokenPlace p = place_token(a, b, h0, t);
+#pragma unroll
+  for (int hb = 0; hb < kHeads; ++hb) {
+    if (hb >= heads) break;
+    accumulate_head_value<kDimsPerLane, R, kRowsPerHead, kRotation>(a, p, h0 + hb, hb, lane, rows, codebooks, isd, weight, acc, rotated);
+    p.page_head += 1;  // the next KV head: the next page unit, the next raw head
+    p.raw_row += a.raw_capacity * a.format.D;
   }
 }
 
@@ -408,13 +458,14 @@ static __device__ void block_walsh_hadamard(float* rows, int count, int32_t D) {
 
 // ---- kernels ------------------------------------------------------------------------------
 
-template <int kDimsPerLane, bool kRotation>
+template <int kDimsPerLane, int kRowsPerHead, bool kRotation>
 static __global__ void __launch_bounds__(kThreads) qattn_split_kernel(const __grid_constant__ SplitArgs a) {
   constexpr int R = rows_per_block<kDimsPerLane>();
+  constexpr int kHeads = R / kRowsPerHead;  // 1: the block takes up to R rows of one head
   extern __shared__ __align__(16) float shared[];
   const QuantFormat& f = a.format;
   const int32_t D = f.D;
-  const SharedLayout layout = shared_layout(D, R, kRotation);
+  const SharedLayout layout = shared_layout(D, R, kHeads, kRotation);
   float* queries = shared + layout.queries;
   float* rotated_queries = shared + layout.rotated_queries;
   float* inv_freq = shared + layout.inv_freq;
@@ -426,35 +477,52 @@ static __global__ void __launch_bounds__(kThreads) qattn_split_kernel(const __gr
   int64_t block = blockIdx.x;
   const int64_t split = block % a.splits;
   block /= a.splits;
-  const int64_t row0 = block % a.row_chunks * R;  // first row (within the head) of this block
-  const int64_t bh = block / a.row_chunks;        // b * Hkv + h
-  const int64_t b = bh / f.Hkv, h = bh % f.Hkv;
-  const int rows = static_cast<int>(min(static_cast<int64_t>(R), a.rows_per_head - row0));
+  const int64_t b = block / a.blocks_per_sequence, in_sequence = block % a.blocks_per_sequence;
+  // the block's KV heads h0 .. h0 + heads - 1 and rows: row j is row row0 + j of head h0
+  // (one head), or row j % kRowsPerHead of head h0 + j / kRowsPerHead
+  int64_t h0, row0;
+  int heads, rows;
+  if constexpr (kHeads == 1) {
+    h0 = in_sequence / a.row_chunks;
+    row0 = in_sequence % a.row_chunks * R;
+    heads = 1;
+    rows = static_cast<int>(min(static_cast<int64_t>(R), a.rows_per_head - row0));
+  } else {
+    h0 = in_sequence * kHeads;
+    row0 = 0;
+    heads = static_cast<int>(min(static_cast<int64_t>(kHeads), f.Hkv - h0));
+    rows = heads * kRowsPerHead;
+  }
+  const int64_t first_row = (b * f.Hkv + h0) * a.rows_per_head + row0;  // of q, out and lse; the rows are consecutive
 
   // Lengths were validated on the host; clamping keeps a bad one from reading out of bounds.
-  int64_t length = a.T;
-  if (a.kv_lengths) length = min(max(static_cast<int64_t>(a.kv_lengths[bh]), int64_t{0}), a.T);
   int64_t limit[R];
   int64_t block_limit = 0;
 #pragma unroll
   for (int j = 0; j < R; ++j) {
-    limit[j] = j < rows ? attention_key_limit(a.causal, length, a.Tq, (row0 + j) % a.Tq) : 0;
+    const int hb = j / kRowsPerHead;
+    limit[j] = 0;
+    if (j >= rows) continue;
+    int64_t length = a.T;
+    if (a.kv_lengths) length = min(max(static_cast<int64_t>(a.kv_lengths[b * f.Hkv + h0 + hb]), int64_t{0}), a.T);
+    const int64_t row_in_head = row0 + j - hb * kRowsPerHead;
+    limit[j] = attention_key_limit(a.causal, length, a.Tq, row_in_head % a.Tq);
     block_limit = max(block_limit, limit[j]);
   }
 
   // Statics and queries (padding rows are zero).
   for (int e = static_cast<int>(threadIdx.x); e < R * D; e += kThreads) {
     const int j = e / D;
-    queries[e] = j < rows ? load_storage(a.q, a.q_dtype, (bh * a.rows_per_head + row0) * D + e) : 0.0f;
+    queries[e] = j < rows ? load_storage(a.q, a.q_dtype, first_row * D + e) : 0.0f;
   }
   const bool key_statics = a.key.codec == Codec::NuqChannel || a.key.codec == Codec::Vq;
-  for (int d = static_cast<int>(threadIdx.x); d < D; d += kThreads) {
+  for (int d = static_cast<int>(threadIdx.x); d < D; d += kThreads)
     if (a.rope.style != KVS_ROPE_NONE && d < D / 2) inv_freq[d] = a.rope.inv_freq[d];
-    if (key_statics) {
-      key_zero[d] = f.key_zero[h * D + d];
-      key_range[d] = f.key_range[h * D + d];
+  if (key_statics)
+    for (int e = static_cast<int>(threadIdx.x); e < heads * D; e += kThreads) {
+      key_zero[e] = f.key_zero[h0 * D + e];
+      key_range[e] = f.key_range[h0 * D + e];
     }
-  }
   if (threadIdx.x < kNuqLevels) {
     if (a.key.codec == Codec::NuqChannel) codebooks[threadIdx.x] = f.key_codebook[threadIdx.x];
     if (a.value.codec == Codec::NuqToken) codebooks[kNuqLevels + threadIdx.x] = f.value_codebook[threadIdx.x];
@@ -487,7 +555,8 @@ static __global__ void __launch_bounds__(kThreads) qattn_split_kernel(const __gr
     const int64_t t = chunk + lane;
     float logit[R];
     if (t < end) {
-      score_token<R, kRotation>(a, b, h, t, queries, rotated_queries, inv_freq, key_zero, key_range, codebooks, rows, isd, logit);
+      score_token<R, kRowsPerHead, kRotation>(a, b, h0, heads, t, queries, rotated_queries, inv_freq, key_zero, key_range, codebooks, rows, isd,
+                                              logit);
 #pragma unroll
       for (int j = 0; j < R; ++j) logit[j] = t < limit[j] ? a.scale * logit[j] : -INFINITY;
     } else {
@@ -523,7 +592,8 @@ static __global__ void __launch_bounds__(kThreads) qattn_split_kernel(const __gr
         any |= token_weight[j] != 0.0f;
       }
       if (!any) continue;  // warp-uniform: masked for every row
-      accumulate_value<kDimsPerLane, R, kRotation>(a, b, h, chunk + k, lane, rows, codebooks, isd, token_weight, acc, rotated);
+      accumulate_value<kDimsPerLane, R, kRowsPerHead, kRotation>(a, b, h0, heads, chunk + k, lane, rows, codebooks, isd, token_weight, acc,
+                                                                 rotated);
     }
   }
 
@@ -574,7 +644,6 @@ static __global__ void __launch_bounds__(kThreads) qattn_split_kernel(const __gr
     __syncthreads();
   }
 
-  const int64_t first_row = bh * a.rows_per_head + row0;
   for (int e = static_cast<int>(threadIdx.x); e < rows * D; e += kThreads) {
     const int j = e / D;
     a.partial_out[((first_row + j) * a.splits + split) * D + e % D] = warp_out[e];
@@ -646,13 +715,15 @@ int multiprocessor_count(int device) {
   return count;
 }
 
-template <int kDimsPerLane, bool kRotation>
+template <int kDimsPerLane, int kRowsPerHead, bool kRotation>
 void launch_split(SplitArgs& args, const QuantAttentionProblem& p, cudaStream_t stream) {
   constexpr int R = rows_per_block<kDimsPerLane>();
+  constexpr int kHeads = R / kRowsPerHead;
   const int64_t B = p.cache.B, Hkv = p.cache.format.Hkv, D = p.cache.format.D;
   args.row_chunks = (args.rows_per_head + R - 1) / R;
+  args.blocks_per_sequence = kHeads == 1 ? Hkv * args.row_chunks : (Hkv + kHeads - 1) / kHeads;
   // Enough splits to give every SM kBlocksPerSm blocks, each split a whole number of rounds.
-  const int64_t units = B * Hkv * args.row_chunks;
+  const int64_t units = B * args.blocks_per_sequence;
   const int64_t max_splits = (p.T + kSplitQuantum - 1) / kSplitQuantum;
   const int64_t wanted = (static_cast<int64_t>(kBlocksPerSm) * multiprocessor_count(p.cache.device) + units - 1) / units;
   const int64_t splits = wanted < 1 ? 1 : (wanted > max_splits ? max_splits : wanted);
@@ -669,11 +740,11 @@ void launch_split(SplitArgs& args, const QuantAttentionProblem& p, cudaStream_t 
   args.partial_out = static_cast<float*>(scratch.get());
   args.partial_state = reinterpret_cast<float2*>(static_cast<unsigned char*>(scratch.get()) + partial_bytes);
 
-  const size_t shared_bytes = static_cast<size_t>(shared_layout(static_cast<int32_t>(D), R, kRotation).total) * sizeof(float);
+  const size_t shared_bytes = static_cast<size_t>(shared_layout(static_cast<int32_t>(D), R, kHeads, kRotation).total) * sizeof(float);
   if (shared_bytes > kSharedMemoryWithoutOptIn)  // not reached for D <= 256; kept as a guard
     throw Error(KVS_E_UNSUPPORTED, "quantizedAttention: head dim " + std::to_string(D) + " needs " + std::to_string(shared_bytes) +
                                        " bytes of shared memory per block");
-  qattn_split_kernel<kDimsPerLane, kRotation><<<static_cast<unsigned>(blocks), kThreads, shared_bytes, stream>>>(args);
+  qattn_split_kernel<kDimsPerLane, kRowsPerHead, kRotation><<<static_cast<unsigned>(blocks), kThreads, shared_bytes, stream>>>(args);
   KVS_CUDA_CHECK(cudaGetLastError(), "quantizedAttention: launching the split kernel");
 
   MergeArgs merge{args.partial_out, args.partial_state, p.out, p.out_dtype, p.lse, rows, args.splits, static_cast<int32_t>(D)};
@@ -682,13 +753,26 @@ void launch_split(SplitArgs& args, const QuantAttentionProblem& p, cudaStream_t 
   scratch.release();
 }
 
-template <bool kRotation>
+// With one query row per KV head (MHA decode) and page keys that need RoPE, a block serves
+// R heads so that each cos/sin serves all of them (a GQA group's rows already share them
+// in one block); D <= 128 keeps the heads' statics within 48 KB of shared memory.
+// Elsewhere, the Rotation codec included (its pages hold post-RoPE keys), a block serves
+// one head.
+template <int kDimsPerLane>
+void dispatch_rows(SplitArgs& args, const QuantAttentionProblem& p, cudaStream_t stream) {
+  constexpr int R = rows_per_block<kDimsPerLane>();
+  if (args.key.codec == Codec::Rotation) return launch_split<kDimsPerLane, R, true>(args, p, stream);
+  if constexpr (kDimsPerLane <= 4)
+    if (args.rope_page_keys && args.rows_per_head == 1 && p.cache.format.Hkv > 1) return launch_split<kDimsPerLane, 1, false>(args, p, stream);
+  launch_split<kDimsPerLane, R, false>(args, p, stream);
+}
+
 void dispatch_dims(SplitArgs& args, const QuantAttentionProblem& p, cudaStream_t stream) {
   const int32_t D = p.cache.format.D;
-  if (D <= 32) return launch_split<1, kRotation>(args, p, stream);
-  if (D <= 64) return launch_split<2, kRotation>(args, p, stream);
-  if (D <= 128) return launch_split<4, kRotation>(args, p, stream);
-  launch_split<8, kRotation>(args, p, stream);
+  if (D <= 32) return dispatch_rows<1>(args, p, stream);
+  if (D <= 64) return dispatch_rows<2>(args, p, stream);
+  if (D <= 128) return dispatch_rows<4>(args, p, stream);
+  dispatch_rows<8>(args, p, stream);
 }
 
 }  // namespace
@@ -716,10 +800,7 @@ void quant_attention(const QuantAttentionProblem& p, void* stream) {
   args.scale = p.scale;
   args.causal = p.causal;
   args.rope_page_keys = c.rope.style != KVS_ROPE_NONE && !encodes_post_rope(args.key.codec);
-  if (args.key.codec == Codec::Rotation)
-    dispatch_dims<true>(args, p, cuda_stream);
-  else
-    dispatch_dims<false>(args, p, cuda_stream);
+  dispatch_dims(args, p, cuda_stream);
 }
 
 }  // namespace kvs::cuda

@@ -225,13 +225,15 @@ for (const mode of QUANT_MODES) {
   });
 }
 
-gpu('long caches (up to 70K tokens, many splits) match the CPU reference', async () => {
+gpu('long caches (up to 70K tokens, many splits) and MHA decode match the CPU reference', async () => {
   const cases: Case[] = [
     { mode: 'k2v1', B: 1, Hkv: 2, G: 4, D: 128, T: 70_000, Tq: 1, sink: 4, recent: 128, outliers: 2, raw: 'f16', rope: 'half', positions: false, q: 'f16', out: 'f16', causal: true, ragged: false },
     { mode: 'kivi2', B: 2, Hkv: 1, G: 8, D: 64, T: 40_000, Tq: 4, sink: 1, recent: 64, outliers: 0, raw: 'bf16', rope: 'interleaved', positions: true, q: 'bf16', out: 'f32', causal: true, ragged: true },
     { mode: 'rot1.5', B: 1, Hkv: 2, G: 2, D: 128, T: 66_000, Tq: 16, sink: 4, recent: 128, outliers: 2, raw: 'f16', rope: 'half', positions: false, q: 'f32', out: 'f32', causal: true, ragged: false },
     { mode: 'cq1', B: 1, Hkv: 1, G: 4, D: 128, T: 50_000, Tq: 2, sink: 4, recent: 128, outliers: 0, raw: 'f16', rope: 'half', positions: false, q: 'f16', out: 'bf16', causal: false, ragged: false },
     { mode: 'nuq2', B: 3, Hkv: 1, G: 1, D: 256, T: 20_000, Tq: 1, sink: 4, recent: 128, outliers: 2, raw: 'f32', rope: 'none', positions: false, q: 'f32', out: 'f32', causal: false, ragged: true },
+    // MHA decode with pre-RoPE keys: blocks of 8 KV heads sharing cos/sin, the last one partial
+    { mode: 'k2v1', B: 2, Hkv: 12, G: 1, D: 128, T: 9_000, Tq: 1, sink: 4, recent: 128, outliers: 2, raw: 'f16', rope: 'half', positions: true, q: 'f16', out: 'f16', causal: true, ragged: true },
   ];
   for (const [i, c] of cases.entries()) await checkCase(c, 31 + i);
 });
