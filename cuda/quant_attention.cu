@@ -28,9 +28,10 @@
 //     per row and split, written to scratch.
 //  2. qattn_merge_kernel: a warp per row combines the splits' partials into out and lse.
 //
-// Cost notes: the per-head statics (NUQ zero/range, scalar codebooks, RoPE frequencies) sit
-// in shared memory; the 8-D VQ codebooks (128 KB per head and side at D = 128) are read
-// through L1/L2. Dot products use the CUDA cores (no tensor-core MMA yet).
+// Cost notes: the per-head statics (NUQ key levels per channel with range and zero folded
+// in, VQ key zero/range, the value codebook, RoPE frequencies) sit in shared memory; the
+// 8-D VQ codebooks (128 KB per head and side at D = 128) are read through L1/L2. Dot
+// products use the CUDA cores (no tensor-core MMA yet).
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -105,14 +106,16 @@ struct MergeArgs {
 };
 
 // Shared memory of a split block, in floats: queries [R][D] (and their rotated copies for
-// the Rotation codec), RoPE frequencies [D/2], key zero/range [heads][D] each, the two 4-level
-// codebooks, then the per-warp states for the final merge: outputs [kWarps][R][D] (twice
-// for Rotation), maxima and sums [kWarps][R].
+// the Rotation codec), RoPE frequencies [D/2], the key statics of the block's heads (Vq:
+// zero and range [heads][D]; NuqChannel: the 4 dequantized levels of every channel,
+// [heads][D][4], the range and zero folded in), the value codebook (NuqToken), then the
+// per-warp states for the final merge: outputs [kWarps][R][D] (twice for Rotation), maxima
+// and sums [kWarps][R].
 struct SharedLayout {
-  int64_t queries, rotated_queries, inv_freq, key_zero, key_range, codebooks, warp_out, warp_rotated, warp_max, warp_sum, total;
+  int64_t queries, rotated_queries, inv_freq, key_zero, key_range, key_levels, value_levels, warp_out, warp_rotated, warp_max, warp_sum, total;
 };
 
-__host__ __device__ inline SharedLayout shared_layout(int32_t D, int rows, int heads, bool rotation) {
+__host__ __device__ inline SharedLayout shared_layout(int32_t D, int rows, int heads, bool rotation, Codec key) {
   SharedLayout s{};
   int64_t at = 0;
   const auto take = [&](int64_t floats) {
@@ -123,9 +126,10 @@ __host__ __device__ inline SharedLayout shared_layout(int32_t D, int rows, int h
   s.queries = take(static_cast<int64_t>(rows) * D);
   s.rotated_queries = take(rotation ? static_cast<int64_t>(rows) * D : 0);
   s.inv_freq = take(D / 2);
-  s.key_zero = take(static_cast<int64_t>(heads) * D);
-  s.key_range = take(static_cast<int64_t>(heads) * D);
-  s.codebooks = take(2 * kNuqLevels);
+  s.key_zero = take(key == Codec::Vq ? static_cast<int64_t>(heads) * D : 0);
+  s.key_range = take(key == Codec::Vq ? static_cast<int64_t>(heads) * D : 0);
+  s.key_levels = take(key == Codec::NuqChannel ? static_cast<int64_t>(heads) * D * kNuqLevels : 0);
+  s.value_levels = take(kNuqLevels);
   s.warp_out = take(static_cast<int64_t>(kWarps) * rows * D);
   s.warp_rotated = take(rotation ? static_cast<int64_t>(kWarps) * rows * D : 0);
   s.warp_max = take(static_cast<int64_t>(kWarps) * rows);
@@ -261,7 +265,7 @@ static __device__ __forceinline__ void dot_key_residuals(const SplitArgs& a, con
 template <int R, int kRowsPerHead, bool kRotation>
 static __device__ __forceinline__ void score_token(const SplitArgs& a, int64_t b, int64_t h0, int heads, int64_t t, const float* queries,
                                    const float* rotated_queries, const float* inv_freq, const float* key_zero, const float* key_range,
-                                   const float* codebooks, int rows, float isd, float (&dot)[R]) {
+                                   const float* key_levels, int rows, float isd, float (&dot)[R]) {
   constexpr int kHeads = R / kRowsPerHead;
   const QuantFormat& f = a.format;
   const int32_t D = f.D;
@@ -312,7 +316,7 @@ static __device__ __forceinline__ void score_token(const SplitArgs& a, int64_t b
       case Codec::NuqChannel: {
         const auto key_at = [&](int hb, int32_t d) {
           const uint32_t code = unit_code<Codec::NuqChannel>(f, a.key, words + hb * a.key.words_per_page, p.token, d);
-          return fma_rn(codebooks[code], key_range[hb * D + d], key_zero[hb * D + d]);
+          return key_levels[(hb * D + d) * kNuqLevels + code];
         };
         dot_key<R, kRowsPerHead>(queries, D, rows, heads, a.rope, inv_freq, rotate, pos, key_at, dot);
         break;
@@ -338,7 +342,7 @@ static __device__ __forceinline__ void score_token(const SplitArgs& a, int64_t b
 // instead; residual slots always go to acc). p locates the token for head h = h0 + hb.
 template <int kDimsPerLane, int R, int kRowsPerHead, bool kRotation>
 static __device__ __forceinline__ void accumulate_head_value(const SplitArgs& a, const TokenPlace& p, int64_t h, int hb, int lane, int rows,
-                                                             const float* codebooks, float isd, const float (&weight)[R],
+                                                             const float* value_levels, float isd, const float (&weight)[R],
                                                              float (&acc)[R][kDimsPerLane], float (&rotated)[R][kDimsPerLane]) {
   const QuantFormat& f = a.format;
   const int32_t D = f.D;
@@ -390,7 +394,7 @@ static __device__ __forceinline__ void accumulate_head_value(const SplitArgs& a,
       }
       case Codec::NuqToken: {
         const float zero = half_to_float(meta[2 * p.token]), range = half_to_float(meta[2 * p.token + 1]);
-        add_dims([&](int32_t d) { return fma_rn(codebooks[kNuqLevels + unit_code<Codec::NuqToken>(f, a.value, words, p.token, d)], range, zero); });
+        add_dims([&](int32_t d) { return fma_rn(value_levels[unit_code<Codec::NuqToken>(f, a.value, words, p.token, d)], range, zero); });
         break;
       }
       default: {  // Vq
@@ -427,14 +431,14 @@ static __device__ __forceinline__ void accumulate_head_value(const SplitArgs& a,
 // The same for every head of the block.
 template <int kDimsPerLane, int R, int kRowsPerHead, bool kRotation>
 static __device__ __forceinline__ void accumulate_value(const SplitArgs& a, int64_t b, int64_t h0, int heads, int64_t t, int lane, int rows,
-                                                        const float* codebooks, float isd, const float (&weight)[R],
+                                                        const float* value_levels, float isd, const float (&weight)[R],
                                                         float (&acc)[R][kDimsPerLane], float (&rotated)[R][kDimsPerLane]) {
   constexpr int kHeads = R / kRowsPerHead;
   TokenPlace p = place_token(a, b, h0, t);
 #pragma unroll
   for (int hb = 0; hb < kHeads; ++hb) {
     if (hb >= heads) break;
-    accumulate_head_value<kDimsPerLane, R, kRowsPerHead, kRotation>(a, p, h0 + hb, hb, lane, rows, codebooks, isd, weight, acc, rotated);
+    accumulate_head_value<kDimsPerLane, R, kRowsPerHead, kRotation>(a, p, h0 + hb, hb, lane, rows, value_levels, isd, weight, acc, rotated);
     p.page_head += 1;  // the next KV head: the next page unit, the next raw head
     p.raw_row += a.raw_capacity * a.format.D;
   }
@@ -465,13 +469,14 @@ static __global__ void __launch_bounds__(kThreads) qattn_split_kernel(const __gr
   extern __shared__ __align__(16) float shared[];
   const QuantFormat& f = a.format;
   const int32_t D = f.D;
-  const SharedLayout layout = shared_layout(D, R, kHeads, kRotation);
+  const SharedLayout layout = shared_layout(D, R, kHeads, kRotation, a.key.codec);
   float* queries = shared + layout.queries;
   float* rotated_queries = shared + layout.rotated_queries;
   float* inv_freq = shared + layout.inv_freq;
   float* key_zero = shared + layout.key_zero;
   float* key_range = shared + layout.key_range;
-  float* codebooks = shared + layout.codebooks;
+  float* key_levels = shared + layout.key_levels;
+  float* value_levels = shared + layout.value_levels;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
 
   int64_t block = blockIdx.x;
@@ -515,18 +520,19 @@ static __global__ void __launch_bounds__(kThreads) qattn_split_kernel(const __gr
     const int j = e / D;
     queries[e] = j < rows ? load_storage(a.q, a.q_dtype, first_row * D + e) : 0.0f;
   }
-  const bool key_statics = a.key.codec == Codec::NuqChannel || a.key.codec == Codec::Vq;
   for (int d = static_cast<int>(threadIdx.x); d < D; d += kThreads)
     if (a.rope.style != KVS_ROPE_NONE && d < D / 2) inv_freq[d] = a.rope.inv_freq[d];
-  if (key_statics)
+  if (a.key.codec == Codec::Vq)
     for (int e = static_cast<int>(threadIdx.x); e < heads * D; e += kThreads) {
       key_zero[e] = f.key_zero[h0 * D + e];
       key_range[e] = f.key_range[h0 * D + e];
     }
-  if (threadIdx.x < kNuqLevels) {
-    if (a.key.codec == Codec::NuqChannel) codebooks[threadIdx.x] = f.key_codebook[threadIdx.x];
-    if (a.value.codec == Codec::NuqToken) codebooks[kNuqLevels + threadIdx.x] = f.value_codebook[threadIdx.x];
-  }
+  if (a.key.codec == Codec::NuqChannel)  // the values dequantize_units computes, per code
+    for (int e = static_cast<int>(threadIdx.x); e < heads * D * kNuqLevels; e += kThreads) {
+      const int64_t channel = h0 * D + e / kNuqLevels;
+      key_levels[e] = fma_rn(f.key_codebook[e % kNuqLevels], f.key_range[channel], f.key_zero[channel]);
+    }
+  if (a.value.codec == Codec::NuqToken && threadIdx.x < kNuqLevels) value_levels[threadIdx.x] = f.value_codebook[threadIdx.x];
   __syncthreads();
   const float isd = div_rn(1.0f, sqrt_rn(static_cast<float>(D)));
   if constexpr (kRotation) {
@@ -555,7 +561,7 @@ static __global__ void __launch_bounds__(kThreads) qattn_split_kernel(const __gr
     const int64_t t = chunk + lane;
     float logit[R];
     if (t < end) {
-      score_token<R, kRowsPerHead, kRotation>(a, b, h0, heads, t, queries, rotated_queries, inv_freq, key_zero, key_range, codebooks, rows, isd,
+      score_token<R, kRowsPerHead, kRotation>(a, b, h0, heads, t, queries, rotated_queries, inv_freq, key_zero, key_range, key_levels, rows, isd,
                                               logit);
 #pragma unroll
       for (int j = 0; j < R; ++j) logit[j] = t < limit[j] ? a.scale * logit[j] : -INFINITY;
@@ -592,7 +598,7 @@ static __global__ void __launch_bounds__(kThreads) qattn_split_kernel(const __gr
         any |= token_weight[j] != 0.0f;
       }
       if (!any) continue;  // warp-uniform: masked for every row
-      accumulate_value<kDimsPerLane, R, kRowsPerHead, kRotation>(a, b, h0, heads, chunk + k, lane, rows, codebooks, isd, token_weight, acc,
+      accumulate_value<kDimsPerLane, R, kRowsPerHead, kRotation>(a, b, h0, heads, chunk + k, lane, rows, value_levels, isd, token_weight, acc,
                                                                  rotated);
     }
   }
@@ -740,7 +746,7 @@ void launch_split(SplitArgs& args, const QuantAttentionProblem& p, cudaStream_t 
   args.partial_out = static_cast<float*>(scratch.get());
   args.partial_state = reinterpret_cast<float2*>(static_cast<unsigned char*>(scratch.get()) + partial_bytes);
 
-  const size_t shared_bytes = static_cast<size_t>(shared_layout(static_cast<int32_t>(D), R, kHeads, kRotation).total) * sizeof(float);
+  const size_t shared_bytes = static_cast<size_t>(shared_layout(static_cast<int32_t>(D), R, kHeads, kRotation, args.key.codec).total) * sizeof(float);
   if (shared_bytes > kSharedMemoryWithoutOptIn)  // not reached for D <= 256; kept as a guard
     throw Error(KVS_E_UNSUPPORTED, "quantizedAttention: head dim " + std::to_string(D) + " needs " + std::to_string(shared_bytes) +
                                        " bytes of shared memory per block");
