@@ -222,6 +222,85 @@ static __device__ __forceinline__ void dot_key(const float* queries, int32_t D, 
   }
 }
 
+// A page token's unit codes for the block's heads, read in increasing bit order: each code
+// word is loaded once per head (the lanes read different tokens, so a load per unit would
+// touch a sector per lane every time).
+template <int kHeads>
+struct CodeCursor {
+  int32_t index = -1;
+  uint32_t word[kHeads] = {};
+
+  __device__ __forceinline__ void seek(const uint32_t* words, int32_t words_per_page, int heads, int32_t bit) {
+    if ((bit >> 5) == index) return;
+    index = bit >> 5;
+#pragma unroll
+    for (int hb = 0; hb < kHeads; ++hb)
+      if (hb < heads) word[hb] = words[hb * words_per_page + index];
+  }
+
+  __device__ __forceinline__ uint32_t code(int hb, int32_t bit, int32_t width) const {
+    return (word[hb] >> (bit & 31)) & ((1u << width) - 1u);
+  }
+};
+
+// dot_key for a page token of codec kCodec: level(hb, d, code) is element d of head hb's key
+// in the codec domain. Interleaved RoPE pairs share one code cursor; half pairs (i, i + D/2)
+// read two.
+template <int R, int kRowsPerHead, Codec kCodec, class Level>
+static __device__ __forceinline__ void dot_page_key(const SplitArgs& a, const uint32_t* words, int32_t token, const float* queries, int rows,
+                                                    int heads, const float* inv_freq, bool rotate, int64_t pos, Level level, float (&dot)[R]) {
+  static_assert(kCodec != Codec::Rotation, "Rotation keys are scored in the rotated domain");
+  constexpr int kHeads = R / kRowsPerHead;
+  const QuantFormat& f = a.format;
+  const int32_t D = f.D, words_per_page = a.key.words_per_page, token_bit = token * a.key.vector_bits;
+  const auto unit_bit = [&](int32_t d) { return token_bit + unit_bit_offset(f.mode, kCodec, D, kCodec == Codec::Vq ? d / kVqGroup : d); };
+  const int32_t width = unit_width(f.mode, kCodec, D, 0);  // one width for every unit of these codecs
+  CodeCursor<kHeads> first, second;
+  if (!rotate) {
+    for (int32_t d = 0; d < D; ++d) {
+      const int32_t bit = unit_bit(d);
+      first.seek(words, words_per_page, heads, bit);
+#pragma unroll
+      for (int hb = 0; hb < kHeads; ++hb) {
+        if (hb >= heads) break;
+        const float k = level(hb, d, first.code(hb, bit, width));
+#pragma unroll
+        for (int jj = 0; jj < kRowsPerHead; ++jj) {
+          const int j = hb * kRowsPerHead + jj;
+          if (j < rows) dot[j] = fmaf(queries[j * D + d], k, dot[j]);
+        }
+      }
+    }
+    return;
+  }
+  const bool half = a.rope.style == KVS_ROPE_HALF;
+  for (int32_t i = 0; i < D / 2; ++i) {
+    int32_t ia, ib;
+    rope_pair(a.rope.style, D, i, ia, ib);
+    float c, s;
+    rope_cos_sin(inv_freq, pos, i, c, s);
+    const int32_t bit_a = unit_bit(ia), bit_b = unit_bit(ib);
+    first.seek(words, words_per_page, heads, bit_a);
+    if (half)
+      second.seek(words, words_per_page, heads, bit_b);
+    else
+      first.seek(words, words_per_page, heads, bit_b);  // the word of bit_a: units never straddle words
+#pragma unroll
+    for (int hb = 0; hb < kHeads; ++hb) {
+      if (hb >= heads) break;
+      const uint32_t code_b = half ? second.code(hb, bit_b, width) : first.code(hb, bit_b, width);
+      const float ka = level(hb, ia, first.code(hb, bit_a, width)), kb = level(hb, ib, code_b);
+      const float ra = sub_rn(mul_rn(ka, c), mul_rn(kb, s));
+      const float rb = add_rn(mul_rn(ka, s), mul_rn(kb, c));
+#pragma unroll
+      for (int jj = 0; jj < kRowsPerHead; ++jj) {
+        const int j = hb * kRowsPerHead + jj;
+        if (j < rows) dot[j] = fmaf(queries[j * D + ia], ra, fmaf(queries[j * D + ib], rb, dot[j]));
+      }
+    }
+  }
+}
+
 // The residual slots of a page key, as rank-1 terms value * e_d (rotated by RoPE where the
 // key is: the slots are added in the codec domain, before RoPE). p locates head 0's page.
 template <int R, int kRowsPerHead>
@@ -289,8 +368,11 @@ static __device__ __forceinline__ void score_token(const SplitArgs& a, int64_t b
       if (hb >= heads) break;
       const uint32_t* head_words = words + hb * a.key.words_per_page;
       float head_dot[kRowsPerHead] = {};
+      CodeCursor<1> cursor;
       for (int32_t d = 0; d < D; ++d) {
-        const float level = lloyd_max_level(rotation_two_bits(f.mode, D, d), unit_code<Codec::Rotation>(f, a.key, head_words, p.token, d));
+        const int32_t bit = p.token * a.key.vector_bits + unit_bit_offset(f.mode, Codec::Rotation, D, d);
+        cursor.seek(head_words, 0, 1, bit);
+        const float level = lloyd_max_level(rotation_two_bits(f.mode, D, d), cursor.code(0, bit, unit_width(f.mode, Codec::Rotation, D, d)));
 #pragma unroll
         for (int jj = 0; jj < kRowsPerHead; ++jj) {
           const int j = hb * kRowsPerHead + jj;
@@ -305,31 +387,26 @@ static __device__ __forceinline__ void score_token(const SplitArgs& a, int64_t b
     switch (a.key.codec) {
       case Codec::UniformChannel: {
         const uint16_t* meta = a.key.meta + p.page_head * a.key.meta_per_page + (p.token / kKiviTokenGroup) * D * 2;
-        const auto key_at = [&](int hb, int32_t d) {
+        const auto level = [&](int hb, int32_t d, uint32_t code) {
           const uint16_t* m = meta + hb * a.key.meta_per_page;
-          return uniform_value(unit_code<Codec::UniformChannel>(f, a.key, words + hb * a.key.words_per_page, p.token, d), half_to_float(m[2 * d]),
-                               half_to_float(m[2 * d + 1]));
+          return uniform_value(code, half_to_float(m[2 * d]), half_to_float(m[2 * d + 1]));
         };
-        dot_key<R, kRowsPerHead>(queries, D, rows, heads, a.rope, inv_freq, rotate, pos, key_at, dot);
+        dot_page_key<R, kRowsPerHead, Codec::UniformChannel>(a, words, p.token, queries, rows, heads, inv_freq, rotate, pos, level, dot);
         break;
       }
       case Codec::NuqChannel: {
-        const auto key_at = [&](int hb, int32_t d) {
-          const uint32_t code = unit_code<Codec::NuqChannel>(f, a.key, words + hb * a.key.words_per_page, p.token, d);
-          return key_levels[(hb * D + d) * kNuqLevels + code];
-        };
-        dot_key<R, kRowsPerHead>(queries, D, rows, heads, a.rope, inv_freq, rotate, pos, key_at, dot);
+        const auto level = [&](int hb, int32_t d, uint32_t code) { return key_levels[(hb * D + d) * kNuqLevels + code]; };
+        dot_page_key<R, kRowsPerHead, Codec::NuqChannel>(a, words, p.token, queries, rows, heads, inv_freq, rotate, pos, level, dot);
         break;
       }
       default: {  // Vq over channel-normalized keys
         const float* book = f.key_vq_codebook + h0 * D * kVqEntries;  // [heads][D/8][256][8] from head h0
-        const auto key_at = [&](int hb, int32_t d) {
+        const auto level = [&](int hb, int32_t d, uint32_t code) {
           const int32_t g = d / kVqGroup;
-          const uint32_t code = unit_code<Codec::Vq>(f, a.key, words + hb * a.key.words_per_page, p.token, g);
           const float c = __ldg(book + ((static_cast<int64_t>(hb) * (D / kVqGroup) + g) * kVqEntries + code) * kVqGroup + d % kVqGroup);
           return fma_rn(c, key_range[hb * D + d], key_zero[hb * D + d]);
         };
-        dot_key<R, kRowsPerHead>(queries, D, rows, heads, a.rope, inv_freq, rotate, pos, key_at, dot);
+        dot_page_key<R, kRowsPerHead, Codec::Vq>(a, words, p.token, queries, rows, heads, inv_freq, rotate, pos, level, dot);
         break;
       }
     }
