@@ -180,6 +180,20 @@ static __device__ __forceinline__ void rope_cos_sin(const float* inv_freq, int64
   sincosf(mul_rn(static_cast<float>(pos), inv_freq[i]), &s, &c);
 }
 
+// Rotates key pair (ka, kb) of dims (ia, ib) by (c, s) as apply_rope does and adds it to
+// the dot products of head hb's rows.
+template <int R, int kRowsPerHead>
+static __device__ __forceinline__ void add_rotated_pair(const float* queries, int32_t D, int rows, int hb, int32_t ia, int32_t ib, float ka,
+                                                        float kb, float c, float s, float (&dot)[R]) {
+  const float ra = sub_rn(mul_rn(ka, c), mul_rn(kb, s));
+  const float rb = add_rn(mul_rn(ka, s), mul_rn(kb, c));
+#pragma unroll
+  for (int jj = 0; jj < kRowsPerHead; ++jj) {
+    const int j = hb * kRowsPerHead + jj;
+    if (j < rows) dot[j] = fmaf(queries[j * D + ia], ra, fmaf(queries[j * D + ib], rb, dot[j]));
+  }
+}
+
 // Adds <q_j, key of row j's head> for every row j < rows (rows kRowsPerHead per head, head
 // hb < heads), the key given element by element by key_at(hb, d) (codec domain); with RoPE,
 // pair by pair after rotating it by `pos` as apply_rope does, one cos/sin for all heads.
@@ -211,13 +225,7 @@ static __device__ __forceinline__ void dot_key(const float* queries, int32_t D, 
     for (int hb = 0; hb < kHeads; ++hb) {
       if (hb >= heads) break;
       const float ka = key_at(hb, ia), kb = key_at(hb, ib);
-      const float ra = sub_rn(mul_rn(ka, c), mul_rn(kb, s));
-      const float rb = add_rn(mul_rn(ka, s), mul_rn(kb, c));
-#pragma unroll
-      for (int jj = 0; jj < kRowsPerHead; ++jj) {
-        const int j = hb * kRowsPerHead + jj;
-        if (j < rows) dot[j] = fmaf(queries[j * D + ia], ra, fmaf(queries[j * D + ib], rb, dot[j]));
-      }
+      add_rotated_pair<R, kRowsPerHead>(queries, D, rows, hb, ia, ib, ka, kb, c, s, dot);
     }
   }
 }
@@ -290,13 +298,7 @@ static __device__ __forceinline__ void dot_page_key(const SplitArgs& a, const ui
       if (hb >= heads) break;
       const uint32_t code_b = half ? second.code(hb, bit_b, width) : first.code(hb, bit_b, width);
       const float ka = level(hb, ia, first.code(hb, bit_a, width)), kb = level(hb, ib, code_b);
-      const float ra = sub_rn(mul_rn(ka, c), mul_rn(kb, s));
-      const float rb = add_rn(mul_rn(ka, s), mul_rn(kb, c));
-#pragma unroll
-      for (int jj = 0; jj < kRowsPerHead; ++jj) {
-        const int j = hb * kRowsPerHead + jj;
-        if (j < rows) dot[j] = fmaf(queries[j * D + ia], ra, fmaf(queries[j * D + ib], rb, dot[j]));
-      }
+      add_rotated_pair<R, kRowsPerHead>(queries, D, rows, hb, ia, ib, ka, kb, c, s, dot);
     }
   }
 }
