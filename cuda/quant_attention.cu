@@ -12,11 +12,12 @@
 //     takes up to R rows of one KV head or, when each head has one row (MHA decode) and its
 //     page keys need RoPE, the rows of R consecutive KV heads, so each cos/sin serves them
 //     all. The block's 4 warps take 32-token chunks of the split in turn:
-//       keys, a lane per token: the lane decodes its token's key unit by unit in registers,
-//       applies RoPE pair by pair where the key is not stored post-RoPE (cos/sin once per
-//       (token, frequency), shared by all the block's heads and rows), and dots it with
-//       every row's query; residual slots are added as separate rank-1 terms (rotated like
-//       the key);
+//       keys, a lane per token: the lane decodes its token's key unit by unit in registers
+//       (each code word loaded once; NUQ levels from a per-channel table), applies RoPE
+//       pair by pair where the key is not stored post-RoPE (cos/sin once per (token,
+//       frequency), shared by all the block's heads and rows), and dots it with every
+//       row's query; residual slots are added as separate rank-1 terms (rotated like the
+//       key);
 //       softmax: an online (running max, sum) per row and warp, in f32;
 //       values, a lane per output dim: for each token of the chunk the lanes decode their
 //       dims and accumulate p * v for every row.
