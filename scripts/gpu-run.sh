@@ -14,6 +14,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 KVSQUASH_REQUIRE_GPU=1 node scripts/test.mjs ${1:-} 2>&1 | tail -60
 status=${PIPESTATUS[0]}
 if [ -z "${1:-}" ]; then
+  # PyTorch SDPA on the decode shapes first, so the qattn bench finds it (where torch is installed)
+  python3 bench/qattn_sdpa.py 2>&1 || true
   node --import tsx bench/run.ts 2>&1
 fi
 [ -n "${OUT:-}" ] && mkdir -p "$OUT/results" && cp bench/results/*.json "$OUT/results/" 2>/dev/null
