@@ -10,3 +10,9 @@ export { attention, type AttentionOptions, type AttentionWithLse, type FloatDTyp
 export { attentionScores, gaussianMerge, MergedKV, type AttentionScoresOptions, type CountOrFraction, type GaussianMergeOptions } from './ops/merge.js';
 export { softMatch, ClusteredKV, type SoftMatchOptions } from './ops/softmatch.js';
 export { CompressedKV } from './ops/compressed.js';
+export {
+  pyramidPool, pyramidImportance, pyramidAssign, pyramidAttention, PyramidLevels, PyramidMask, PYRAMID_LEVELS,
+  DEFAULT_TOPK_BOUNDS, DEFAULT_THRESHOLD_BOUNDS, type PyramidBlockOptions, type PyramidImportanceOptions,
+  type PyramidAssignOptions, type PyramidAttentionOptions, type PyramidAttentionResult, type PyramidBounds,
+  type PyramidMode, type MaskGranularity,
+} from './ops/pyramid.js';

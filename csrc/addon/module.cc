@@ -17,6 +17,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_attention(env, exports);
   register_merge(env, exports);
   register_softmatch(env, exports);
+  register_pyramid(env, exports);
   return exports;
 }
 
