@@ -73,6 +73,8 @@
 //    with K_L the level's pooled keys as stored (step 1); out[b,h,i] = sum softmax(z) V_L[b,g,t];
 //    lse[b,h,i] = ln sum exp(z). A query with no candidate gets zeros and lse = -inf.
 //    Skipped blocks contribute nothing. CPU: f64; CUDA: f32 (tensor cores for QK^T and PV).
+//    The C entry checks counts on the host for both devices (each >= 0, row sum <= Nk) and the
+//    list ids only for CPU tensors: the CUDA kernel must skip ids outside 0..Nk-1 itself.
 //    Tolerance vs the CPU: out |d| <= 1e-5 + 1e-5|ref| for f32 q/k/v with f32 out, else
 //    1e-3 + 1e-2|ref| (notes sec. 2.6); lse |d| <= 1e-5 + 1e-5|ref| (f32) / 1e-3 + 1e-3|ref|.
 //
