@@ -291,7 +291,7 @@ test('pyramidAssign: exact against the definition in both modes, with and withou
   const random = rng(21);
   for (let trial = 0; trial < 24; trial++) {
     const block = [8, 16, 32][trial % 3]!, queryBlock = [16, 32][trial % 2]!;
-    const Tq = randomInt(random, 1, 150), Tk = randomInt(random, Tq, 220);
+    const Tq = randomInt(random, 1, 150), Tk = trial % 4 === 3 ? 32 * randomInt(random, Math.ceil(Tq / 32), 7) : randomInt(random, Tq, 220);
     const Mq = Math.ceil(Tq / queryBlock), Nk = Math.ceil(Tk / block), B = 1, Hm = 2;
     // importance with exact ties and zeros, as real rows have
     const P = Float32Array.from({ length: B * Hm * Mq * Nk }, () => (random() < 0.2 ? 0 : random() < 0.2 ? 0.25 : random()));
@@ -305,6 +305,17 @@ test('pyramidAssign: exact against the definition in both modes, with and withou
     assert.equal(Array.from(await mask.levelMap.data()), Array.from(ref.levels), `${label}: levelMap`);
     assert.equal(Array.from(await mask.lists.data()), Array.from(ref.lists), `${label}: lists`);
     assert.equal(Array.from(await mask.counts.data()), Array.from(ref.counts), `${label}: counts`);
+    // density from its definition over the level map (the mask reads only counts when Tk % block == 0)
+    let sparse = 0, dense = 0;
+    for (let row = 0; row < B * Hm * Mq; row++) {
+      const qb = row % Mq, rows = Math.min(Tq, (qb + 1) * queryBlock) - qb * queryBlock, p1 = Math.min(Tq, (qb + 1) * queryBlock) - 1 + Tk - Tq;
+      for (let kb = 0; kb < Nk; kb++) {
+        const keys = Math.min(Tk, (kb + 1) * block) - kb * block, L = ref.levels[row * Nk + kb]!;
+        if (!causal || kb * block <= p1) dense += rows * keys;
+        if (L > 0) sparse += rows * Math.ceil(keys / L);
+      }
+    }
+    assert.ok(Math.abs((await mask.density()) - sparse / dense) < 1e-12, `${label}: density`);
   }
 });
 

@@ -165,20 +165,27 @@ export class PyramidMask implements Disposable {
   /**
    * Fraction of dense work: over all rows, sum over assigned blocks of queries * pooled tokens
    * divided by the sum over visible blocks of queries * keys (block granularity, as a kernel works).
+   * Reads only the small counts when every key block is whole, the level map otherwise.
    */
   async density(): Promise<number> {
     const [B, Hm, Mq, Nk] = this.levelMap.shape as [number, number, number, number];
-    const levels = await this.levelMap.data();
+    const whole = this.kvTokens % this.block === 0;
+    const levels = whole ? null : await this.levelMap.data();
+    const counts = whole ? await this.counts.data() : null;
     let sparse = 0, dense = 0;
     for (let row = 0; row < B * Hm * Mq; row++) {
       const qb = row % Mq;
       const rows = Math.min(this.qTokens, (qb + 1) * this.queryBlock) - qb * this.queryBlock;
       const lastPosition = Math.min(this.qTokens, (qb + 1) * this.queryBlock) - 1 + this.kvTokens - this.qTokens;
+      const visible = this.causal ? Math.min(Nk, Math.max(0, Math.floor(lastPosition / this.block) + 1)) : Nk;
+      dense += rows * (Math.min(this.kvTokens, visible * this.block));
+      if (counts) {
+        for (let i = 0; i < 4; i++) sparse += rows * counts[row * 4 + i]! * (this.block >> i);
+        continue;
+      }
       for (let kb = 0; kb < Nk; kb++) {
-        const start = kb * this.block, keys = Math.min(this.kvTokens, start + this.block) - start;
-        if (this.causal && start > lastPosition) continue;
-        dense += rows * keys;
-        const level = levels[row * Nk + kb]!;
+        const level = levels![row * Nk + kb]!;
+        const keys = Math.min(this.kvTokens, (kb + 1) * this.block) - kb * this.block;
         if (level > 0) sparse += rows * Math.ceil(keys / level);
       }
     }
