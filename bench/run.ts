@@ -1,11 +1,13 @@
 /** `npm run bench -- <name...> [--quick]`: runs the named benchmarks (all when none is named). */
 import { runAttentionBench } from './attention.bench.js';
 import { runMergeBench } from './merge.bench.js';
+import { runPyramidBench } from './pyramid.bench.js';
 import { runSoftMatchBench } from './softmatch.bench.js';
 
 const benches: Record<string, (options: { quick: boolean }) => Promise<void>> = {
   attention: runAttentionBench,
   merge: runMergeBench,
+  pyramid: runPyramidBench,
   softmatch: runSoftMatchBench,
 };
 

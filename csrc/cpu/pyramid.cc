@@ -227,6 +227,8 @@ void pyramid_assign(const PyramidAssignProblem& p) {
 void pyramid_attend(const PyramidAttendProblem& p) {
   const int64_t D = p.D, group = p.Hq / p.Hkv, Mq = pyramid_blocks(p.Tq, p.query_block), Nk = pyramid_blocks(p.Tk, p.block);
   const int64_t padded = Nk * p.block;
+  double log_level[kPyramidLevels];  // the bias of every whole pooled token, computed once
+  for (int li = 0; li < kPyramidLevels; ++li) log_level[li] = std::log(static_cast<double>(pyramid_level(li)));
   parallel_for(p.B * p.Hq, [&](int64_t begin, int64_t end) {
     std::vector<double> query(D), acc(D);
     std::vector<Candidate> candidates;
@@ -252,8 +254,8 @@ void pyramid_attend(const PyramidAttendProblem& p) {
               const int64_t count = pyramid_count(p.Tk, level, t);
               if (count == 0 || (p.causal && t * level + count - 1 > position)) continue;
               const int64_t row = kv_head * head_rows + t;
-              const double z = static_cast<double>(p.scale) * dot_f64(query.data(), keys, p.in_dtype, row, D) +
-                               std::log(static_cast<double>(count));
+              const double bias = count == level ? log_level[li] : std::log(static_cast<double>(count));
+              const double z = static_cast<double>(p.scale) * dot_f64(query.data(), keys, p.in_dtype, row, D) + bias;
               candidates.push_back({li, row, z});
               max_logit = std::max(max_logit, z);
             }
