@@ -563,6 +563,8 @@ for (const { story, dir, layers } of dumps.slice(0, 1)) {
     ['attention: head dim 264', () => pyramidAttention(Tensor.zeros([1, 1, 4, 264]), Tensor.zeros([1, 1, 4, 264]), Tensor.zeros([1, 1, 4, 264])), 'E_SHAPE'],
     ['attention: mask not a PyramidMask', () => pyramidAttention(q, k, v, { mask: {} as never }), 'E_DTYPE'],
     ['attention: mask for another block', async () => pyramidAttention(q, k, v, { block: 8, queryBlock: 32, mask: await maskFor() }), 'E_SHAPE'],
+    ['attention: mask for 3 heads', async () => pyramidAttention(q, k, v, { block: 16, queryBlock: 32,
+      mask: await pyramidAssign(Tensor.zeros([1, 3, 1, 2]), { block: 16, queryBlock: 32, qTokens: 32, kvTokens: 32 }) }), 'E_SHAPE'],
     ['attention: levels for another block', async () => pyramidAttention(q, k, v, { block: 8, levels: await pyramidPool(k, v, { block: 16 }) }), 'E_SHAPE'],
     ['attention: unknown option', () => pyramidAttention(q, k, v, { casual: true } as never), 'E_RANGE'],
   ]);
