@@ -6,8 +6,11 @@
  * at the same budget shows what pooling adds over plain block sparsity. Then timings: on the
  * CPU the reference's stages beside the dense reference at one small shape; on CUDA (when
  * present) the fused op and the attend stage alone beside our dense attention at 8K/32K/64K
- * tokens, 32 heads x 128, f16, at ~25% density.
+ * tokens, 32 heads x 128, f16, at ~25% density; with KVSQUASH_SDPA_JSON naming the output of
+ * bench/pyramid_sdpa.py (PyTorch SDPA, flash backend, same shapes), also against that.
  */
+import { existsSync, readFileSync } from 'node:fs';
+
 import {
   attention, backend, pyramidAssign, pyramidAttention, pyramidImportance, pyramidPool, Tensor, toF16, type Device, type PyramidBounds,
   type PyramidAttentionOptions,
@@ -128,6 +131,30 @@ async function speed(device: Device, dtype: 'f32' | 'f16', T: number, Hq: number
   return rows;
 }
 
+interface SdpaRow { tokens: number; heads: number; dim: number; median_ms: number }
+
+/** PyTorch SDPA timings from bench/pyramid_sdpa.py, when KVSQUASH_SDPA_JSON names its output. */
+function sdpaTimings(): { device: string; rows: SdpaRow[] } | null {
+  const path = process.env.KVSQUASH_SDPA_JSON;
+  if (!path) return null;
+  if (!existsSync(path)) {
+    console.log(`(KVSQUASH_SDPA_JSON=${path} does not exist: no SDPA comparison)`);
+    return null;
+  }
+  return JSON.parse(readFileSync(path, 'utf8')) as { device: string; rows: SdpaRow[] };
+}
+
+/** Adds the SDPA row of each shape and every row's 'SDPA / this' (same T, 32 heads x 128). */
+function compareWithSdpa(rows: Row[], T: number, sdpa: { device: string; rows: SdpaRow[] }): Row[] {
+  const match = sdpa.rows.find((r) => r.tokens === T && r.heads === 32 && r.dim === 128);
+  if (!match) return rows;
+  const sdpaRow: Row = { op: `PyTorch SDPA flash (${sdpa.device})`, device: 'cuda:0', dtype: 'f16', shape: String(rows[0]?.shape ?? T),
+    'median ms': match.median_ms };
+  const all = [...rows, sdpaRow];
+  for (const row of all) row['SDPA / this'] = match.median_ms / (row['median ms'] as number);
+  return all;
+}
+
 export async function runPyramidBench(options: { quick?: boolean } = {}): Promise<void> {
   const stamp = environmentStamp();
   const quality = [...(await realDataQuality()), ...(await randomQuality(options.quick ?? false))];
@@ -143,7 +170,11 @@ export async function runPyramidBench(options: { quick?: boolean } = {}): Promis
     return;
   }
   const gpuRows: Row[] = [];
-  for (const T of options.quick ? [8192] : [8192, 32768, 65536]) gpuRows.push(...(await speed('cuda:0', 'f16', T, 32, 32, 128, 64)));
+  const sdpa = sdpaTimings();
+  for (const T of options.quick ? [8192] : [8192, 32768, 65536]) {
+    const rows = await speed('cuda:0', 'f16', T, 32, 32, 128, 64);
+    gpuRows.push(...(sdpa ? compareWithSdpa(rows, T, sdpa) : rows));
+  }
   printTable(gpuRows);
   const name = info.cuda.devices[0]?.name ?? 'cuda';
   console.log(`wrote ${writeResult('pyramid', name, { bench: 'pyramid', ...stamp, device: 'cuda:0', quality, speed: gpuRows })}\n`);
