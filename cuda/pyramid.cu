@@ -3,19 +3,21 @@
 // 1. pool_kernel, a thread per (tensor, head, level-8 token, dim): the 8 raw values under a
 //    level-8 token feed its level-2, 4 and 8 sums through the contract's pairwise tree with
 //    IEEE-rounded adds and divides, so the pooled tensors equal the CPU's bit for bit.
-// 2. importance_kernel, a block per mask row (b, hm, qb): the sampled query rows in chunks of
-//    32 against tiles of 32 sampled keys, in two sweeps: the first finds each row's largest
-//    usable logit M(r), the second folds x - M(r) into a per-key-block maximum. The maximum is
-//    order-free, so shared-memory atomics keep it deterministic, and
-//    max_r exp(bm(r, kb) - M(r)) = exp(max over (r, j in kb) of x(r, j) - M(r)) needs no
-//    per-row block-max storage (Nk can reach 4096).
+// 2. Importance, a block per mask row (b, hm, qb), two sweeps over the sampled keys of the
+//    visible blocks: the first finds each sampled row's largest usable logit M(r), the second
+//    folds x - M(r) into a per-key-block maximum. A maximum is order-free, so shared-memory
+//    atomics keep it deterministic, and max_r exp(bm(r, kb) - M(r)) = exp(max over (r, j in kb)
+//    of x(r, j) - M(r)) needs no per-row block maxima (Nk can reach 4096). f16/bf16:
+//    importance_mma_kernel, every sampled row at once on mma.sync against double-buffered
+//    tiles of 64 sampled keys; f32: importance_simt_kernel, FMA dot products (tensor cores'
+//    TF32 would not meet the tolerance once exp amplifies the logit error).
 // 3. assign_kernel, a block per mask row: one 64-bit key per visible block (forced, weight
 //    bits, block id) sorted by a bitonic network gives the rank order; the threshold mode's
 //    running sum is one thread's f32 loop in rank order, exactly as the CPU adds; the lists
 //    come from a per-thread count and a scan, so every output is bit-identical.
 // 4. Attend. A row's candidates form one "stream": its level-1 blocks' keys, then the pooled
 //    tokens of its level-2, 4, 8 blocks, in list order. The hardware tile takes the next
-//    kTileKeys entries of the stream whatever blocks and levels they come from (a level-8
+//    64 entries (32 for D > 128) of the stream whatever blocks and levels they come from (a level-8
 //    block of 64 keys is 8 tokens: 8 blocks share one tile), so any pack factor works, and
 //    each tile column carries its own source row, ln(count) bias and last raw position.
 //    f16/bf16: attend_mma_kernel, FlashAttention-2 style: 16 query rows per warp, QK^T and PV
@@ -41,20 +43,33 @@ namespace kvs::cuda {
 namespace {
 
 constexpr int kWarpSize = 32;
+constexpr int kRowsPerWarpTile = 16;  // query rows of one mma.sync m16 tile (one warp)
 constexpr size_t kSharedMemoryWithoutOptIn = 48 * 1024;
+
+size_t shared_memory_limit(int device) {
+  int limit = 0;
+  KVS_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                 "querying the shared memory limit of cuda:" + std::to_string(device));
+  return static_cast<size_t>(limit);
+}
 
 // Raises a kernel's dynamic shared memory limit past the default 48 KiB when a launch needs
 // more, after checking that the device allows that much.
 void allow_shared_memory(const void* kernel, size_t bytes, int device, const std::string& what) {
   if (bytes <= kSharedMemoryWithoutOptIn) return;
-  int limit = 0;
-  KVS_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-                 what + ": querying the shared memory limit of cuda:" + std::to_string(device));
-  if (bytes > static_cast<size_t>(limit))
+  const size_t limit = shared_memory_limit(device);
+  if (bytes > limit)
     throw Error(KVS_E_UNSUPPORTED, what + ": needs " + std::to_string(bytes) + " bytes of shared memory per block; cuda:" +
                                        std::to_string(device) + " allows " + std::to_string(limit));
   KVS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
                  what + ": raising the kernel's shared memory limit");
+}
+
+int compute_capability_major(int device) {
+  int major = 0;
+  KVS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+                 "querying the compute capability of cuda:" + std::to_string(device));
+  return major;
 }
 
 int64_t checked_grid(int64_t blocks, const std::string& what) {
@@ -125,6 +140,12 @@ __device__ float block_sum(float value, float* scratch) {
   return total;
 }
 
+// two[i] for i in {0, 1} without a run-time index into a local array (which would live in local memory).
+template <class P>
+__device__ __forceinline__ P pick(const P (&two)[2], int i) {
+  return i ? two[1] : two[0];
+}
+
 // ==== 1. pool ===================================================================================
 
 template <class T>
@@ -191,13 +212,125 @@ void launch_pool(const PyramidPoolProblem& p, cudaStream_t stream) {
   KVS_CUDA_CHECK(cudaGetLastError(), "pyramidPool: launching the kernel");
 }
 
+// ==== tensor cores and asynchronous copies (sm_80+) ==========================================
+
+template <int DP>
+struct MmaTile {
+  static constexpr int kKeys = DP <= 128 ? 64 : 32;  // attend: stream entries per tile (register budget)
+  // Row stride in 16-bit elements: (DP + 8) / 2 words is 4 mod 8, so the 8 row groups x 4
+  // column pairs of a fragment load hit 32 distinct banks (and 16-byte rows stay aligned).
+  static constexpr int kStride = DP + 8;
+  static constexpr int kChunks = DP / 8;  // 16-byte pieces per row
+  static constexpr int kMetaSlots = 3;    // column metadata of tiles j, j + 1 (loading), j + 2 (prepared)
+};
+
+__device__ __forceinline__ void copy16_async(void* shared, const void* global) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
+#else
+  *static_cast<uint4*>(shared) = *static_cast<const uint4*>(global);
+#endif
+}
+
+__device__ __forceinline__ void copy_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int Pending>
+__device__ __forceinline__ void copy_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
+#endif
+}
+
+// 8 elements (16 bytes) of a row into shared memory: asynchronously when aligned, else one
+// element at a time; zeros when src is null (padding columns and rows).
+template <class T>
+__device__ __forceinline__ void stage8(T* shared, const T* src, bool aligned) {
+  if (!src) {
+    *reinterpret_cast<uint4*>(shared) = make_uint4(0, 0, 0, 0);
+  } else if (aligned) {
+    copy16_async(shared, src);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) shared[e] = src[e];
+  }
+}
+
+template <class T>
+__device__ __forceinline__ uint32_t pack2(float low, float high) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 h = __floats2half2_rn(low, high);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(low, high);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+}
+
+template <class T>
+__device__ __forceinline__ uint32_t pack2_raw(T low, T high) {
+  const uint32_t lo = *reinterpret_cast<const unsigned short*>(&low);
+  const uint32_t hi = *reinterpret_cast<const unsigned short*>(&high);
+  return lo | (hi << 16);
+}
+
+// D (16x8, f32) += A (16x16, row) * B (16x8, col) on tensor cores.
+template <class T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+#else
+  (void)d, (void)a, (void)b0, (void)b1;
+  __trap();  // the host sends only compute capability 8.0+ here
+#endif
+}
+
+
+// S (16 query rows x 8 * N8 keys, f32) += Q K^T over the first D dims (a multiple of 8, zero
+// padded to 16 in shared memory), on tensor cores. Rows are MmaTile<DP>::kStride apart;
+// `group` / `pair` are the lane's fragment coordinates (lane / 4, lane % 4).
+template <class T, int DP, int N8>
+__device__ __forceinline__ void score_tile(float (&score)[N8][4], const T* q_rows, const T* k_rows, int64_t D, int group, int pair) {
+  constexpr int kStride = MmaTile<DP>::kStride;
+#pragma unroll
+  for (int kk = 0; kk < DP / 16; ++kk) {
+    if (kk * 16 >= D) break;
+    const T* qa = q_rows + group * kStride + kk * 16 + pair * 2;
+    const uint32_t qf[4] = {*reinterpret_cast<const uint32_t*>(qa), *reinterpret_cast<const uint32_t*>(qa + 8 * kStride),
+                            *reinterpret_cast<const uint32_t*>(qa + 8), *reinterpret_cast<const uint32_t*>(qa + 8 * kStride + 8)};
+#pragma unroll
+    for (int nb = 0; nb < N8; ++nb) {
+      const T* kp = k_rows + (nb * 8 + group) * kStride + kk * 16 + pair * 2;
+      mma_16816<T>(score[nb], qf, *reinterpret_cast<const uint32_t*>(kp), *reinterpret_cast<const uint32_t*>(kp + 8));
+    }
+  }
+}
+
 // ==== 2. importance =============================================================================
 
-constexpr int kImportanceThreads = 256;
-constexpr int kImportanceRows = 32;  // sampled query rows per chunk
-constexpr int kImportanceKeys = 32;  // sampled keys per tile
+constexpr int kImportanceThreads = 256;     // SIMT kernel
+constexpr int kImportanceRows = 32;         // SIMT: sampled query rows per chunk
+constexpr int kImportanceKeys = 32;         // SIMT: sampled keys per tile
 constexpr int kRowsPerThread = kImportanceRows / (kImportanceThreads / kImportanceKeys);
-constexpr int kMaxSampleSpan = 128;  // query_block and block are at most 128
+constexpr int kImportanceMmaWarps = 4;      // tensor-core kernel
+constexpr int kImportanceMmaKeys = 64;      // tensor-core kernel: sampled keys per tile
+constexpr int kMaxSampleSpan = 128;         // query_block and block are at most 128
 
 template <class T>
 struct ImportanceArgs {
@@ -211,38 +344,61 @@ struct ImportanceArgs {
   bool causal, kv_head_mask;
 };
 
-// Shared memory of one importance block (the same carve on host and device).
-struct ImportanceShared {
-  int64_t* row_position;  // [kImportanceRows]
-  float* queries;         // [kImportanceRows][D]
-  float* keys;            // [kImportanceKeys][D + 1]: odd stride, lanes read distinct banks
-  float* row_max;         // [kImportanceRows]
-  float* best;            // [Nk]: max over (r, j in kb) of x(r, j) - M(r), then P_h
-  float* total;           // [Nk]: KV-head mask: sum of P_h over the group
-  int32_t* key_index;     // [kImportanceKeys]: raw key row, or -1
-  int32_t* key_block;     // [kImportanceKeys]
-  int32_t* query_offsets; // [kMaxSampleSpan]
-  int32_t* key_offsets;   // [kMaxSampleSpan]
-  uint32_t* sample_keys;  // [kMaxSampleSpan]
-  float* scratch;         // [warps + 1]
+// What both importance kernels keep per mask row in shared memory.
+struct ImportanceRowState {
+  float* best;             // [Nk]: max over (r, j in kb) of x(r, j) - M(r), then P_h
+  float* total;            // [Nk]: KV-head mask: sum of P_h over the group
+  int32_t* query_offsets;  // [kMaxSampleSpan]
+  int32_t* key_offsets;    // [kMaxSampleSpan]
+  uint32_t* sample_keys;   // [kMaxSampleSpan]
+  float* scratch;          // [warps + 1]
 
-  __host__ __device__ ImportanceShared(unsigned char* base, int64_t D, int64_t Nk, size_t* bytes) {
-    SharedCarver c(base);
-    row_position = c.take<int64_t>(kImportanceRows);
-    queries = c.take<float>(kImportanceRows * D);
-    keys = c.take<float>(kImportanceKeys * (D + 1));
-    row_max = c.take<float>(kImportanceRows);
+  __host__ __device__ void carve(SharedCarver& c, int64_t Nk) {
     best = c.take<float>(Nk);
     total = c.take<float>(Nk);
-    key_index = c.take<int32_t>(kImportanceKeys);
-    key_block = c.take<int32_t>(kImportanceKeys);
     query_offsets = c.take<int32_t>(kMaxSampleSpan);
     key_offsets = c.take<int32_t>(kMaxSampleSpan);
     sample_keys = c.take<uint32_t>(kMaxSampleSpan);
     scratch = c.take<float>(kImportanceThreads / kWarpSize + 1);
-    if (bytes) *bytes = c.used();
   }
 };
+
+// One mask row (b, hm, qb) of the importance: its query block, the sampled keys of its
+// visible key blocks as one stream (entry e: block e / sample_keys, offset e % sample_keys),
+// and the query heads whose P_h it averages.
+struct ImportanceItem {
+  int64_t b, hm, qb, q0, q_valid, stream_length, first_head, heads, kv_head;
+};
+
+template <class T>
+__device__ ImportanceItem importance_item(const ImportanceArgs<T>& a, int64_t item) {
+  const int64_t group = a.Hq / a.Hkv;
+  ImportanceItem it;
+  it.qb = item % a.Mq;
+  it.hm = (item / a.Mq) % a.Hm;
+  it.b = item / (a.Mq * a.Hm);
+  it.q0 = it.qb * a.query_block;
+  it.q_valid = min(a.Tq - it.q0, a.query_block);
+  const int64_t blocks = visible_key_blocks(a.causal, query_block_last_position(a.Tq, a.Tk, a.query_block, it.qb), a.block, a.Nk);
+  it.stream_length = blocks * a.sample_keys;
+  it.first_head = a.kv_head_mask ? it.hm * group : it.hm;
+  it.heads = a.kv_head_mask ? group : 1;
+  it.kv_head = it.b * a.Hkv + it.first_head / group;
+  return it;
+}
+
+// Raw key row of stream entry e (offset o of a block with c valid rows reads row o mod c).
+template <class T>
+__device__ __forceinline__ int64_t sampled_key_row(const ImportanceArgs<T>& a, const int32_t* key_offsets, int64_t e) {
+  const int64_t kb = e / a.sample_keys, k0 = kb * a.block, k_valid = min(a.Tk - k0, a.block);
+  return k0 + key_offsets[e % a.sample_keys] % k_valid;
+}
+
+template <class T>
+__device__ __forceinline__ int64_t sampled_query_row(const ImportanceArgs<T>& a, const ImportanceItem& it, const int32_t* query_offsets,
+                                                     int r) {
+  return it.q0 + query_offsets[r] % it.q_valid;
+}
 
 // offsets[0..count) = the `count` offsets of 0..size-1 with the smallest (sample key, offset),
 // in that order (the order does not matter: they only feed maxima).
@@ -259,6 +415,74 @@ __device__ void sample_offsets(uint32_t seed, int64_t b, int64_t h, uint32_t str
   __syncthreads();
 }
 
+// Start of query head h: its sampled offsets, and no block seen yet. The caller has synced
+// since the last use of the state.
+template <class T>
+__device__ void begin_importance_head(const ImportanceArgs<T>& a, const ImportanceItem& it, int64_t h, const ImportanceRowState& s) {
+  sample_offsets(a.seed, it.b, h, 0, static_cast<int>(a.query_block), a.sample_queries, s.sample_keys, s.query_offsets);
+  sample_offsets(a.seed, it.b, h, 1, static_cast<int>(a.block), a.sample_keys, s.sample_keys, s.key_offsets);
+  for (int64_t kb = threadIdx.x; kb < a.Nk; kb += blockDim.x) s.best[kb] = -INFINITY;
+  __syncthreads();
+}
+
+// End of query head h (every thread, after a sync): P_h = exp(best), its row normalised, then
+// stored (QHEAD) or added to the group's total (KVHEAD; heads in ascending order, as the CPU).
+template <class T>
+__device__ void end_importance_head(const ImportanceArgs<T>& a, int64_t item, const ImportanceRowState& s) {
+  float partial = 0.0f;
+  for (int64_t kb = threadIdx.x; kb < a.Nk; kb += blockDim.x) {
+    const float p = expf(s.best[kb]);
+    s.best[kb] = p;
+    partial += p;
+  }
+  const float sum = block_sum(partial, s.scratch);
+  for (int64_t kb = threadIdx.x; kb < a.Nk; kb += blockDim.x) {
+    const float p = sum > 0.0f ? __fdiv_rn(s.best[kb], sum) : s.best[kb];
+    if (a.kv_head_mask)
+      s.total[kb] = __fadd_rn(s.total[kb], p);
+    else
+      a.importance[item * a.Nk + kb] = p;
+  }
+  __syncthreads();
+}
+
+template <class T>
+__device__ void begin_importance_item(const ImportanceArgs<T>& a, const ImportanceRowState& s) {
+  for (int64_t kb = threadIdx.x; kb < a.Nk; kb += blockDim.x) s.total[kb] = 0.0f;
+}
+
+template <class T>
+__device__ void end_importance_item(const ImportanceArgs<T>& a, int64_t item, const ImportanceRowState& s) {
+  const float heads = static_cast<float>(a.Hq / a.Hkv);
+  if (a.kv_head_mask)
+    for (int64_t kb = threadIdx.x; kb < a.Nk; kb += blockDim.x) a.importance[item * a.Nk + kb] = __fdiv_rn(s.total[kb], heads);
+  __syncthreads();  // total is reset by the next item
+}
+
+// ---- f32 (and pre-sm_80) kernel: FMA dot products ------------------------------------------------
+
+struct ImportanceSimtShared {
+  int64_t* row_position;  // [kImportanceRows]
+  float* queries;         // [kImportanceRows][D]
+  float* keys;            // [kImportanceKeys][D + 1]: odd stride, lanes read distinct banks
+  float* row_max;         // [kImportanceRows]
+  int32_t* key_index;     // [kImportanceKeys]: raw key row, or -1
+  int32_t* key_block;     // [kImportanceKeys]
+  ImportanceRowState row;
+
+  __host__ __device__ ImportanceSimtShared(unsigned char* base, int64_t D, int64_t Nk, size_t* bytes) {
+    SharedCarver c(base);
+    row_position = c.take<int64_t>(kImportanceRows);
+    queries = c.take<float>(kImportanceRows * D);
+    keys = c.take<float>(kImportanceKeys * (D + 1));
+    row_max = c.take<float>(kImportanceRows);
+    key_index = c.take<int32_t>(kImportanceKeys);
+    key_block = c.take<int32_t>(kImportanceKeys);
+    row.carve(c, Nk);
+    if (bytes) *bytes = c.used();
+  }
+};
+
 // <query, key> over D in f32, one fixed FMA order: both sweeps get the same bits.
 __device__ __forceinline__ float dot_rows(const float* query, const float* key, int64_t D) {
   float dot = 0.0f;
@@ -267,35 +491,26 @@ __device__ __forceinline__ float dot_rows(const float* query, const float* key, 
 }
 
 template <class T>
-__global__ void __launch_bounds__(kImportanceThreads) importance_kernel(const ImportanceArgs<T> a) {
+__global__ void __launch_bounds__(kImportanceThreads) importance_simt_kernel(const ImportanceArgs<T> a) {
   extern __shared__ __align__(16) unsigned char shared_bytes[];
-  const ImportanceShared s(shared_bytes, a.D, a.Nk, nullptr);
-  const int64_t D = a.D, Nk = a.Nk, group = a.Hq / a.Hkv;
+  const ImportanceSimtShared s(shared_bytes, a.D, a.Nk, nullptr);
+  const int64_t D = a.D;
   const int tid = static_cast<int>(threadIdx.x);
   const int column = tid % kImportanceKeys, row_group = tid / kImportanceKeys;
 
   for (int64_t item = blockIdx.x; item < a.B * a.Hm * a.Mq; item += gridDim.x) {
-    const int64_t qb = item % a.Mq, hm = (item / a.Mq) % a.Hm, b = item / (a.Mq * a.Hm);
-    const int64_t q0 = qb * a.query_block, q_valid = min(a.Tq - q0, a.query_block);
-    const int64_t blocks = visible_key_blocks(a.causal, query_block_last_position(a.Tq, a.Tk, a.query_block, qb), a.block, Nk);
-    const int64_t stream_length = blocks * a.sample_keys;
-    const int64_t first_head = a.kv_head_mask ? hm * group : hm, heads = a.kv_head_mask ? group : 1;
-    const int64_t g = first_head / group;
-    for (int64_t kb = tid; kb < Nk; kb += blockDim.x) s.total[kb] = 0.0f;
-
-    for (int64_t h = first_head; h < first_head + heads; ++h) {
-      sample_offsets(a.seed, b, h, 0, static_cast<int>(a.query_block), a.sample_queries, s.sample_keys, s.query_offsets);
-      sample_offsets(a.seed, b, h, 1, static_cast<int>(a.block), a.sample_keys, s.sample_keys, s.key_offsets);
-      for (int64_t kb = tid; kb < Nk; kb += blockDim.x) s.best[kb] = -INFINITY;
-      const T* q_head = a.q + (b * a.Hq + h) * a.Tq * D;
-      const T* k_head = a.k + (b * a.Hkv + g) * a.Tk * D;
-
+    const ImportanceItem it = importance_item(a, item);
+    begin_importance_item(a, s.row);
+    for (int64_t h = it.first_head; h < it.first_head + it.heads; ++h) {
+      begin_importance_head(a, it, h, s.row);
+      const T* q_head = a.q + (it.b * a.Hq + h) * a.Tq * D;
+      const T* k_head = a.k + it.kv_head * a.Tk * D;
       for (int first_row = 0; first_row < a.sample_queries; first_row += kImportanceRows) {
         const int rows = min(kImportanceRows, a.sample_queries - first_row);
         __syncthreads();  // the previous chunk is done with queries and row_max
         for (int64_t i = tid; i < kImportanceRows * D; i += blockDim.x) {
           const int r = static_cast<int>(i / D);
-          const int64_t row = q0 + (r < rows ? s.query_offsets[first_row + r] : 0) % q_valid;
+          const int64_t row = sampled_query_row(a, it, s.row.query_offsets, r < rows ? first_row + r : 0);
           s.queries[i] = r < rows ? to_float(q_head[row * D + i % D]) : 0.0f;
           if (i % D == 0) {
             s.row_position[r] = pyramid_query_position(a.Tq, a.Tk, row);
@@ -303,18 +518,13 @@ __global__ void __launch_bounds__(kImportanceThreads) importance_kernel(const Im
           }
         }
         for (int sweep = 0; sweep < 2; ++sweep) {
-          for (int64_t first_key = 0; first_key < stream_length; first_key += kImportanceKeys) {
+          for (int64_t first_key = 0; first_key < it.stream_length; first_key += kImportanceKeys) {
             __syncthreads();  // the previous tile is consumed (and the chunk's rows are loaded)
             if (tid < kImportanceKeys) {
               const int64_t entry = first_key + tid;
-              int32_t index = -1, kb = 0;
-              if (entry < stream_length) {
-                kb = static_cast<int32_t>(entry / a.sample_keys);
-                const int64_t k0 = kb * a.block, k_valid = min(a.Tk - k0, a.block);
-                index = static_cast<int32_t>(k0 + s.key_offsets[entry % a.sample_keys] % k_valid);
-              }
-              s.key_index[tid] = index;
-              s.key_block[tid] = kb;
+              const bool present = entry < it.stream_length;
+              s.key_index[tid] = present ? static_cast<int32_t>(sampled_key_row(a, s.row.key_offsets, entry)) : -1;
+              s.key_block[tid] = present ? static_cast<int32_t>(entry / a.sample_keys) : 0;
             }
             __syncthreads();
             for (int64_t i = tid; i < kImportanceKeys * D; i += blockDim.x) {
@@ -333,38 +543,186 @@ __global__ void __launch_bounds__(kImportanceThreads) importance_kernel(const Im
               if (sweep == 0)
                 atomic_max_float(&s.row_max[r], x);
               else
-                atomic_max_float(&s.best[s.key_block[column]], __fsub_rn(x, s.row_max[r]));
+                atomic_max_float(&s.row.best[s.key_block[column]], __fsub_rn(x, s.row_max[r]));
             }
           }
           __syncthreads();  // row maxima complete before the second sweep reads them
         }
       }
       __syncthreads();
-      // P_h = exp(best), rows normalised by their sum
-      float partial = 0.0f;
-      for (int64_t kb = tid; kb < Nk; kb += blockDim.x) {
-        const float p = expf(s.best[kb]);
-        s.best[kb] = p;
-        partial += p;
-      }
-      const float sum = block_sum(partial, s.scratch);
-      for (int64_t kb = tid; kb < Nk; kb += blockDim.x) {
-        const float p = sum > 0.0f ? __fdiv_rn(s.best[kb], sum) : s.best[kb];
-        if (a.kv_head_mask)
-          s.total[kb] = __fadd_rn(s.total[kb], p);  // heads in ascending order, as the CPU
-        else
-          a.importance[item * Nk + kb] = p;
-      }
-      __syncthreads();
+      end_importance_head(a, item, s.row);
     }
-    if (a.kv_head_mask)
-      for (int64_t kb = tid; kb < Nk; kb += blockDim.x) a.importance[item * Nk + kb] = __fdiv_rn(s.total[kb], static_cast<float>(group));
-    __syncthreads();  // total is reset by the next item
+    end_importance_item(a, item, s.row);
+  }
+}
+
+// ---- f16 / bf16 kernel: tensor cores -------------------------------------------------------------
+// All sampled query rows of a mask row (up to 128: groups of 16, one per warp in turn) against
+// tiles of 64 sampled keys, double-buffered. QK^T on mma.sync with f32 accumulation: the same
+// instruction sequence in both sweeps gives the same logits, so the row maximum's own
+// x - M(r) is exactly 0 as on the CPU.
+
+template <int DP>
+struct ImportanceMmaShared {
+  unsigned char* queries;  // [rows][kStride] T: sampled query rows, zero padded
+  unsigned char* keys[2];  // [kImportanceMmaKeys][kStride] T
+  int64_t* row_position;   // [rows]
+  float* row_max;          // [rows]: M(r), written after the first sweep
+  int32_t* key_index[2];   // [kImportanceMmaKeys]: raw key row, or -1
+  int32_t* key_block[2];   // [kImportanceMmaKeys]
+  ImportanceRowState row;
+
+  template <class T>
+  __host__ __device__ static ImportanceMmaShared carve(unsigned char* base, int rows, int64_t Nk, size_t* bytes) {
+    constexpr int kStride = MmaTile<DP>::kStride;
+    SharedCarver c(base);
+    ImportanceMmaShared s;
+    s.queries = c.take<unsigned char>(static_cast<int64_t>(rows) * kStride * sizeof(T));
+    for (int i = 0; i < 2; ++i) s.keys[i] = c.take<unsigned char>(kImportanceMmaKeys * kStride * sizeof(T));
+    s.row_position = c.take<int64_t>(rows);
+    s.row_max = c.take<float>(rows);
+    for (int i = 0; i < 2; ++i) {
+      s.key_index[i] = c.take<int32_t>(kImportanceMmaKeys);
+      s.key_block[i] = c.take<int32_t>(kImportanceMmaKeys);
+    }
+    s.row.carve(c, Nk);
+    if (bytes) *bytes = c.used();
+    return s;
+  }
+};
+
+// Issues the copies of tile `tile` of the sampled-key stream into buffer `buffer`, with its
+// key rows and blocks (the thread that copies a row's first piece writes them).
+template <class T, int DP>
+__device__ void stage_sampled_keys(const ImportanceArgs<T>& a, const ImportanceItem& it, const T* k_head, int64_t tile, int buffer,
+                                   const ImportanceMmaShared<DP>& s, bool aligned) {
+  using Tile = MmaTile<DP>;
+  T* k_tile = reinterpret_cast<T*>(pick(s.keys, buffer));
+  for (int i = static_cast<int>(threadIdx.x); i < kImportanceMmaKeys * Tile::kChunks; i += blockDim.x) {
+    const int c = i / Tile::kChunks, piece = i % Tile::kChunks;
+    const int64_t entry = tile * kImportanceMmaKeys + c;
+    const bool present = entry < it.stream_length;
+    const int64_t row = present ? sampled_key_row(a, s.row.key_offsets, entry) : -1;
+    if (piece == 0) {
+      pick(s.key_index, buffer)[c] = static_cast<int32_t>(row);
+      pick(s.key_block, buffer)[c] = present ? static_cast<int32_t>(entry / a.sample_keys) : 0;
+    }
+    stage8(k_tile + c * Tile::kStride + piece * 8, present && piece * 8 < a.D ? k_head + row * a.D + piece * 8 : nullptr, aligned);
+  }
+}
+
+template <class T, int DP>
+__global__ void __launch_bounds__(kImportanceMmaWarps * kWarpSize) importance_mma_kernel(const ImportanceArgs<T> a, bool aligned) {
+  using Tile = MmaTile<DP>;
+  constexpr int kN8 = kImportanceMmaKeys / 8;
+  constexpr int kGroupsPerWarp = kMaxSampleSpan / kRowsPerWarpTile / kImportanceMmaWarps;  // up to 128 rows
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  const int rows = (a.sample_queries + kRowsPerWarpTile - 1) / kRowsPerWarpTile * kRowsPerWarpTile;
+  const ImportanceMmaShared<DP> s = ImportanceMmaShared<DP>::template carve<T>(shared_bytes, rows, a.Nk, nullptr);
+  const int tid = static_cast<int>(threadIdx.x), warp = tid / kWarpSize, lane = tid % kWarpSize;
+  const int group = lane >> 2, pair = lane & 3;
+  const int groups = rows / kRowsPerWarpTile;
+
+  for (int64_t item = blockIdx.x; item < a.B * a.Hm * a.Mq; item += gridDim.x) {
+    const ImportanceItem it = importance_item(a, item);
+    const int64_t tiles = (it.stream_length + kImportanceMmaKeys - 1) / kImportanceMmaKeys;
+    begin_importance_item(a, s.row);
+    for (int64_t h = it.first_head; h < it.first_head + it.heads; ++h) {
+      begin_importance_head(a, it, h, s.row);
+      const T* q_head = a.q + (it.b * a.Hq + h) * a.Tq * a.D;
+      const T* k_head = a.k + it.kv_head * a.Tk * a.D;
+      T* q_tile = reinterpret_cast<T*>(s.queries);
+      for (int i = tid; i < rows * Tile::kChunks; i += blockDim.x) {
+        const int r = i / Tile::kChunks, piece = i % Tile::kChunks;
+        const int64_t row = sampled_query_row(a, it, s.row.query_offsets, r < a.sample_queries ? r : 0);
+        if (piece == 0) s.row_position[r] = pyramid_query_position(a.Tq, a.Tk, row);
+        const bool present = r < a.sample_queries && piece * 8 < a.D;
+        stage8(q_tile + r * Tile::kStride + piece * 8, present ? q_head + row * a.D + piece * 8 : nullptr, aligned);
+      }
+      float row_max[kGroupsPerWarp][2];
+#pragma unroll
+      for (int gi = 0; gi < kGroupsPerWarp; ++gi) row_max[gi][0] = row_max[gi][1] = -INFINITY;
+
+      for (int sweep = 0; sweep < 2; ++sweep) {
+        if (tiles > 0) stage_sampled_keys<T, DP>(a, it, k_head, 0, 0, s, aligned);
+        copy_async_commit();  // (the first sweep: with the queries)
+        for (int64_t j = 0; j < tiles; ++j) {
+          const int buffer = static_cast<int>(j & 1);
+          if (j + 1 < tiles) {
+            stage_sampled_keys<T, DP>(a, it, k_head, j + 1, buffer ^ 1, s, aligned);
+            copy_async_commit();
+            copy_async_wait<1>();
+          } else {
+            copy_async_wait<0>();
+          }
+          __syncthreads();
+#pragma unroll
+          for (int gi = 0; gi < kGroupsPerWarp; ++gi) {
+            const int grp = warp + gi * kImportanceMmaWarps;
+            if (grp >= groups) break;
+            float score[kN8][4] = {};
+            score_tile<T, DP>(score, q_tile + grp * kRowsPerWarpTile * Tile::kStride, reinterpret_cast<const T*>(pick(s.keys, buffer)), a.D,
+                              group, pair);
+            float column_best[kN8][2];
+#pragma unroll
+            for (int nb = 0; nb < kN8; ++nb) {
+              column_best[nb][0] = column_best[nb][1] = -INFINITY;
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int c = nb * 8 + pair * 2 + (e & 1), r = grp * kRowsPerWarpTile + group + 8 * (e >> 1);
+                const int32_t index = pick(s.key_index, buffer)[c];
+                if (index < 0 || r >= a.sample_queries || (a.causal && index > s.row_position[r])) continue;
+                const float x = __fmul_rn(a.scale, score[nb][e]);
+                if (sweep == 0)
+                  row_max[gi][e >> 1] = fmaxf(row_max[gi][e >> 1], x);
+                else
+                  column_best[nb][e & 1] = fmaxf(column_best[nb][e & 1], __fsub_rn(x, s.row_max[r]));
+              }
+            }
+            if (sweep == 1) {
+              // the column's maximum over the warp's 16 rows (lanes of one pair), then one
+              // order-free shared maximum per column and block
+#pragma unroll
+              for (int nb = 0; nb < kN8; ++nb) {
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                  float m = column_best[nb][odd];
+                  m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, 4));
+                  m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, 8));
+                  m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, 16));
+                  const int c = nb * 8 + pair * 2 + odd;
+                  if (group == 0 && m != -INFINITY) atomic_max_float(&s.row.best[pick(s.key_block, buffer)[c]], m);
+                }
+              }
+            }
+          }
+          __syncthreads();  // buffer `buffer` is free again
+        }
+        copy_async_wait<0>();  // no tile: the query copies are still pending
+        if (sweep == 0) {
+#pragma unroll
+          for (int gi = 0; gi < kGroupsPerWarp; ++gi) {
+            const int grp = warp + gi * kImportanceMmaWarps;
+            if (grp >= groups) break;
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              float m = row_max[gi][half];
+              m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, 1));
+              m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, 2));
+              if (pair == 0) s.row_max[grp * kRowsPerWarpTile + group + 8 * half] = m;
+            }
+          }
+        }
+        __syncthreads();  // M(r) complete before the second sweep; the best maxima before the end
+      }
+      end_importance_head(a, item, s.row);
+    }
+    end_importance_item(a, item, s.row);
   }
 }
 
 template <class T>
-void launch_importance(const PyramidImportanceProblem& p, cudaStream_t stream) {
+ImportanceArgs<T> importance_args(const PyramidImportanceProblem& p) {
   ImportanceArgs<T> a{};
   a.q = static_cast<const T*>(p.q);
   a.k = static_cast<const T*>(p.k);
@@ -381,12 +739,49 @@ void launch_importance(const PyramidImportanceProblem& p, cudaStream_t stream) {
   a.scale = p.scale;
   a.causal = p.causal;
   a.kv_head_mask = p.kv_head_mask;
+  return a;
+}
+
+// Calls body(std::integral_constant<int, DP>{}) with the smallest supported DP >= D (DP >= Smallest).
+template <int Smallest, class Body>
+void dispatch_padded_head_dim(int64_t D, Body&& body) {
+  if constexpr (Smallest <= 16) {
+    if (D <= 16) return body(std::integral_constant<int, 16>{});
+  }
+  if (D <= 32) body(std::integral_constant<int, 32>{});
+  else if (D <= 64) body(std::integral_constant<int, 64>{});
+  else if (D <= 128) body(std::integral_constant<int, 128>{});
+  else body(std::integral_constant<int, 256>{});  // D <= 256 is checked by the C entry
+}
+
+template <class T>
+void launch_importance(const PyramidImportanceProblem& p, bool tensor_cores, cudaStream_t stream) {
+  const ImportanceArgs<T> a = importance_args<T>(p);
   const int64_t items = a.B * a.Hm * a.Mq;
   if (items == 0 || a.Nk == 0) return;
   size_t bytes = 0;
-  ImportanceShared(nullptr, a.D, a.Nk, &bytes);
-  allow_shared_memory(reinterpret_cast<const void*>(importance_kernel<T>), bytes, p.device, "pyramidImportance");
-  importance_kernel<T><<<grid_blocks(items, 1), kImportanceThreads, bytes, stream>>>(a);
+  if constexpr (!std::is_same_v<T, float>) {
+    bool launched = false;
+    if (tensor_cores) {
+      const bool aligned = is_16_byte_aligned(p.q) && is_16_byte_aligned(p.k);  // rows: D * 2 bytes, a multiple of 16
+      const int rows = static_cast<int>((a.sample_queries + kRowsPerWarpTile - 1) / kRowsPerWarpTile * kRowsPerWarpTile);
+      dispatch_padded_head_dim<16>(p.D, [&](auto padded) {
+        constexpr int DP = decltype(padded)::value;
+        ImportanceMmaShared<DP>::template carve<T>(nullptr, rows, a.Nk, &bytes);
+        if (bytes > kSharedMemoryWithoutOptIn && bytes > shared_memory_limit(p.device)) return;  // the FMA kernel needs less
+        allow_shared_memory(reinterpret_cast<const void*>(importance_mma_kernel<T, DP>), bytes, p.device, "pyramidImportance");
+        importance_mma_kernel<T, DP><<<grid_blocks(items, 1), kImportanceMmaWarps * kWarpSize, bytes, stream>>>(a, aligned);
+        launched = true;
+      });
+    }
+    if (launched) {
+      KVS_CUDA_CHECK(cudaGetLastError(), "pyramidImportance: launching the kernel");
+      return;
+    }
+  }
+  ImportanceSimtShared(nullptr, a.D, a.Nk, &bytes);
+  allow_shared_memory(reinterpret_cast<const void*>(importance_simt_kernel<T>), bytes, p.device, "pyramidImportance");
+  importance_simt_kernel<T><<<grid_blocks(items, 1), kImportanceThreads, bytes, stream>>>(a);
   KVS_CUDA_CHECK(cudaGetLastError(), "pyramidImportance: launching the kernel");
 }
 
@@ -591,7 +986,6 @@ void launch_assign(const PyramidAssignProblem& p, cudaStream_t stream) {
 
 // ==== 4. attend: the candidate stream, shared by both kernels ===================================
 
-constexpr int kRowsPerWarpTile = 16;  // query rows per MMA warp (m16)
 constexpr int kMaxWarps = 4;          // query rows per block: up to 64
 
 template <class T>
@@ -719,16 +1113,6 @@ __device__ __forceinline__ int64_t attend_query_row(const AttendArgs<T>& a, cons
 
 // ==== 4a. f16 / bf16: tensor cores ==============================================================
 
-template <int DP>
-struct MmaTile {
-  static constexpr int kKeys = DP <= 128 ? 64 : 32;  // stream entries per tile (register budget)
-  // Row stride in 16-bit elements: (DP + 8) / 2 words is 4 mod 32, so the 8 row groups x 4
-  // column pairs of a fragment load hit 32 distinct banks.
-  static constexpr int kStride = DP + 8;
-  static constexpr int kChunks = DP / 8;  // 16-byte pieces per row
-  static constexpr int kMetaSlots = 3;    // column metadata of tiles j, j + 1 (loading), j + 2 (prepared)
-};
-
 struct MmaShared {
   unsigned char* q;      // [rows][kStride] T
   unsigned char* k[2];   // [kKeys][kStride] T
@@ -755,83 +1139,6 @@ struct MmaShared {
   }
 };
 
-__device__ __forceinline__ void copy16_async(void* shared, const void* global) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
-#else
-  *static_cast<uint4*>(shared) = *static_cast<const uint4*>(global);
-#endif
-}
-
-__device__ __forceinline__ void copy_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-
-template <int Pending>
-__device__ __forceinline__ void copy_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
-#endif
-}
-
-// 8 elements (16 bytes) of a row into shared memory: asynchronously when aligned, else one
-// element at a time; zeros when src is null (padding columns and rows).
-template <class T>
-__device__ __forceinline__ void stage8(T* shared, const T* src, bool aligned) {
-  if (!src) {
-    *reinterpret_cast<uint4*>(shared) = make_uint4(0, 0, 0, 0);
-  } else if (aligned) {
-    copy16_async(shared, src);
-  } else {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) shared[e] = src[e];
-  }
-}
-
-template <class T>
-__device__ __forceinline__ uint32_t pack2(float low, float high) {
-  if constexpr (std::is_same_v<T, __half>) {
-    const __half2 h = __floats2half2_rn(low, high);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  } else {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(low, high);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-}
-
-template <class T>
-__device__ __forceinline__ uint32_t pack2_raw(T low, T high) {
-  const uint32_t lo = *reinterpret_cast<const unsigned short*>(&low);
-  const uint32_t hi = *reinterpret_cast<const unsigned short*>(&high);
-  return lo | (hi << 16);
-}
-
-// D (16x8, f32) += A (16x16, row) * B (16x8, col) on tensor cores.
-template <class T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-#else
-  (void)d, (void)a, (void)b0, (void)b1;
-  __trap();  // the host sends only compute capability 8.0+ here
-#endif
-}
-
 // Column metadata of tile `tile` into meta slot `slot`.
 template <int DP, class T>
 __device__ void prepare_columns(const AttendArgs<T>& a, const CandidateStream& stream, int64_t kv_head, int64_t tile,
@@ -853,8 +1160,8 @@ __device__ void prepare_columns(const AttendArgs<T>& a, const CandidateStream& s
 template <int DP, class T>
 __device__ void stage_tile(const AttendArgs<T>& a, int slot, int buffer, const MmaShared& s) {
   using Tile = MmaTile<DP>;
-  T* k_tile = reinterpret_cast<T*>(s.k[buffer]);
-  T* v_tile = reinterpret_cast<T*>(s.v[buffer]);
+  T* k_tile = reinterpret_cast<T*>(pick(s.k, buffer));
+  T* v_tile = reinterpret_cast<T*>(pick(s.v, buffer));
   for (int i = static_cast<int>(threadIdx.x); i < Tile::kKeys * Tile::kChunks; i += blockDim.x) {
     const int c = i / Tile::kChunks, piece = i % Tile::kChunks;
     const T* key = static_cast<const T*>(s.key_row[slot * Tile::kKeys + c]);
@@ -922,22 +1229,10 @@ __global__ void __launch_bounds__(kMaxWarps * kWarpSize) attend_mma_kernel(const
     __syncthreads();
 
     if (warp_active) {
-      const T* k_tile = reinterpret_cast<const T*>(s.k[buffer]);
-      const T* v_tile = reinterpret_cast<const T*>(s.v[buffer]);
+      const T* k_tile = reinterpret_cast<const T*>(pick(s.k, buffer));
+      const T* v_tile = reinterpret_cast<const T*>(pick(s.v, buffer));
       float score[kN8][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < DP / 16; ++kk) {
-        if (kk * 16 >= a.D) break;  // zero padding past D (D is a multiple of 8)
-        const T* qa = q_warp + group * kStride + kk * 16 + pair * 2;
-        const uint32_t qf[4] = {*reinterpret_cast<const uint32_t*>(qa), *reinterpret_cast<const uint32_t*>(qa + 8 * kStride),
-                                *reinterpret_cast<const uint32_t*>(qa + 8),
-                                *reinterpret_cast<const uint32_t*>(qa + 8 * kStride + 8)};
-#pragma unroll
-        for (int nb = 0; nb < kN8; ++nb) {
-          const T* kp = k_tile + (nb * 8 + group) * kStride + kk * 16 + pair * 2;
-          mma_16816<T>(score[nb], qf, *reinterpret_cast<const uint32_t*>(kp), *reinterpret_cast<const uint32_t*>(kp + 8));
-        }
-      }
+      score_tile<T, DP>(score, q_warp, k_tile, a.D, group, pair);
 
       // logits (log2 domain) with the level bias and the pooled causal rule; tile maxima
       const int meta = slot * Tile::kKeys;
@@ -1143,18 +1438,6 @@ __global__ void __launch_bounds__(kSimtWarps * kWarpSize) attend_simt_kernel(con
 
 // ---- attend launch ---------------------------------------------------------------------------
 
-// Calls body(std::integral_constant<int, DP>{}) with the smallest supported DP >= D (DP >= smallest).
-template <int Smallest, class Body>
-void dispatch_padded_head_dim(int64_t D, Body&& body) {
-  if constexpr (Smallest <= 16) {
-    if (D <= 16) return body(std::integral_constant<int, 16>{});
-  }
-  if (D <= 32) body(std::integral_constant<int, 32>{});
-  else if (D <= 64) body(std::integral_constant<int, 64>{});
-  else if (D <= 128) body(std::integral_constant<int, 128>{});
-  else body(std::integral_constant<int, 256>{});  // D <= 256 is checked by the C entry
-}
-
 template <class T>
 AttendArgs<T> attend_args(const PyramidAttendProblem& p) {
   AttendArgs<T> a{};
@@ -1224,7 +1507,10 @@ void pyramid_pool(const PyramidPoolProblem& p, void* stream) {
 void pyramid_importance(const PyramidImportanceProblem& p, void* stream) {
   use_device(p.device);
   const auto cuda_stream = static_cast<cudaStream_t>(resolve_stream(p.device, stream));
-  dispatch_float_dtype(p.dtype, "q", [&](auto type_tag) { launch_importance<typename decltype(type_tag)::type>(p, cuda_stream); });
+  const bool tensor_cores = p.dtype != KVS_F32 && compute_capability_major(p.device) >= 8;
+  dispatch_float_dtype(p.dtype, "q", [&](auto type_tag) {
+    launch_importance<typename decltype(type_tag)::type>(p, tensor_cores, cuda_stream);
+  });
 }
 
 void pyramid_assign(const PyramidAssignProblem& p, void* stream) {
@@ -1238,10 +1524,7 @@ void pyramid_attend(const PyramidAttendProblem& p, void* stream) {
   use_device(p.device);
   const auto cuda_stream = static_cast<cudaStream_t>(resolve_stream(p.device, stream));
   if (p.in_dtype != KVS_F32) {
-    int major = 0;
-    KVS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p.device),
-                   "pyramidAttention: querying the compute capability of cuda:" + std::to_string(p.device));
-    if (major < 8)
+    if (compute_capability_major(p.device) < 8)
       throw Error(KVS_E_UNSUPPORTED, "pyramidAttention: f16/bf16 inputs need tensor cores of compute capability 8.0 or newer on cuda:" +
                                          std::to_string(p.device));
   }
