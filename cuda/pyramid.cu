@@ -271,13 +271,6 @@ __device__ __forceinline__ uint32_t pack2(float low, float high) {
   }
 }
 
-template <class T>
-__device__ __forceinline__ uint32_t pack2_raw(T low, T high) {
-  const uint32_t lo = *reinterpret_cast<const unsigned short*>(&low);
-  const uint32_t hi = *reinterpret_cast<const unsigned short*>(&high);
-  return lo | (hi << 16);
-}
-
 // D (16x8, f32) += A (16x16, row) * B (16x8, col) on tensor cores.
 template <class T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -302,22 +295,50 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 }
 
 
+// Four 8x8 matrices of 16-bit values from shared memory in one instruction: lane l gives the
+// address of row l % 8 of matrix l / 8 (16-byte aligned) and receives, of matrix i, in r[i]:
+// row l / 4, columns 2 (l % 4) and + 1 (the mma fragment layout); Transposed: column l / 4,
+// rows 2 (l % 4) and + 1.
+template <bool Transposed>
+__device__ __forceinline__ void load_matrices(uint32_t (&r)[4], const void* row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if constexpr (Transposed)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address)
+                 : "memory");
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address)
+                 : "memory");
+#else
+  (void)row;
+  r[0] = r[1] = r[2] = r[3] = 0;
+  __trap();  // the host sends only compute capability 8.0+ here
+#endif
+}
+
 // S (16 query rows x 8 * N8 keys, f32) += Q K^T over the first D dims (a multiple of 8, zero
-// padded to 16 in shared memory), on tensor cores. Rows are MmaTile<DP>::kStride apart;
-// `group` / `pair` are the lane's fragment coordinates (lane / 4, lane % 4).
+// padded to 16 in shared memory), on tensor cores. Rows are MmaTile<DP>::kStride apart.
 template <class T, int DP, int N8>
-__device__ __forceinline__ void score_tile(float (&score)[N8][4], const T* q_rows, const T* k_rows, int64_t D, int group, int pair) {
+__device__ __forceinline__ void score_tile(float (&score)[N8][4], const T* q_rows, const T* k_rows, int64_t D, int lane) {
+  static_assert(N8 % 2 == 0, "keys are loaded 16 at a time");
   constexpr int kStride = MmaTile<DP>::kStride;
 #pragma unroll
   for (int kk = 0; kk < DP / 16; ++kk) {
     if (kk * 16 >= D) break;
-    const T* qa = q_rows + group * kStride + kk * 16 + pair * 2;
-    const uint32_t qf[4] = {*reinterpret_cast<const uint32_t*>(qa), *reinterpret_cast<const uint32_t*>(qa + 8 * kStride),
-                            *reinterpret_cast<const uint32_t*>(qa + 8), *reinterpret_cast<const uint32_t*>(qa + 8 * kStride + 8)};
+    // A: rows 0-7 / 8-15 x dims 0-7, then the same x dims 8-15
+    uint32_t qf[4];
+    load_matrices<false>(qf, q_rows + (lane % 16) * kStride + kk * 16 + (lane / 16) * 8);
 #pragma unroll
-    for (int nb = 0; nb < N8; ++nb) {
-      const T* kp = k_rows + (nb * 8 + group) * kStride + kk * 16 + pair * 2;
-      mma_16816<T>(score[nb], qf, *reinterpret_cast<const uint32_t*>(kp), *reinterpret_cast<const uint32_t*>(kp + 8));
+    for (int nb = 0; nb < N8; nb += 2) {
+      // B of key groups nb and nb + 1: keys x dims 0-7, keys x dims 8-15, for each group
+      uint32_t kf[4];
+      load_matrices<false>(kf, k_rows + (nb * 8 + (lane / 16) * 8 + lane % 8) * kStride + kk * 16 + ((lane / 8) % 2) * 8);
+      mma_16816<T>(score[nb], qf, kf[0], kf[1]);
+      mma_16816<T>(score[nb + 1], qf, kf[2], kf[3]);
     }
   }
 }
@@ -662,7 +683,7 @@ __global__ void __launch_bounds__(kImportanceMmaWarps * kWarpSize) importance_mm
             if (grp >= groups) break;
             float score[kN8][4] = {};
             score_tile<T, DP>(score, q_tile + grp * kRowsPerWarpTile * Tile::kStride, reinterpret_cast<const T*>(pick(s.keys, buffer)), a.D,
-                              group, pair);
+                              lane);
             float column_best[kN8][2];
 #pragma unroll
             for (int nb = 0; nb < kN8; ++nb) {
@@ -1232,7 +1253,7 @@ __global__ void __launch_bounds__(kMaxWarps * kWarpSize) attend_mma_kernel(const
       const T* k_tile = reinterpret_cast<const T*>(pick(s.k, buffer));
       const T* v_tile = reinterpret_cast<const T*>(pick(s.v, buffer));
       float score[kN8][4] = {};
-      score_tile<T, DP>(score, q_warp, k_tile, a.D, group, pair);
+      score_tile<T, DP>(score, q_warp, k_tile, a.D, lane);
 
       // logits (log2 domain) with the level bias and the pooled causal rule; tile maxima
       const int meta = slot * Tile::kKeys;
@@ -1283,13 +1304,16 @@ __global__ void __launch_bounds__(kMaxWarps * kWarpSize) attend_mma_kernel(const
         const uint32_t pf[4] = {pack2<T>(score[2 * kk][0], score[2 * kk][1]), pack2<T>(score[2 * kk][2], score[2 * kk][3]),
                                 pack2<T>(score[2 * kk + 1][0], score[2 * kk + 1][1]),
                                 pack2<T>(score[2 * kk + 1][2], score[2 * kk + 1][3])};
-        const T* vp = v_tile + (kk * 16 + pair * 2) * kStride + group;
+        // B of dim groups db and db + 1, transposed out of the [key][dim] tile: keys 0-7 and
+        // 8-15 of each group (the zero padding past D may be read, never used)
+        const T* vp = v_tile + (kk * 16 + ((lane / 8) % 2) * 8 + lane % 8) * kStride + (lane / 16) * 8;
 #pragma unroll
-        for (int db = 0; db < kD8; ++db) {
+        for (int db = 0; db < kD8; db += 2) {
           if (db * 8 >= a.D) break;
-          const uint32_t b0 = pack2_raw(vp[db * 8], vp[kStride + db * 8]);
-          const uint32_t b1 = pack2_raw(vp[8 * kStride + db * 8], vp[9 * kStride + db * 8]);
-          mma_16816<T>(o[db], pf, b0, b1);
+          uint32_t vf[4];
+          load_matrices<true>(vf, vp + db * 8);
+          mma_16816<T>(o[db], pf, vf[0], vf[1]);
+          if ((db + 1) * 8 < a.D) mma_16816<T>(o[db + 1], pf, vf[2], vf[3]);
         }
       }
     }
