@@ -146,7 +146,7 @@ gpu('pyramidAssign: CUDA level maps, lists and counts equal the CPU from one imp
     const B = randomInt(random, 1, 2), Hm = trial % 10 === 9 ? 1 : randomInt(random, 1, 3);
     const Mq = Math.ceil(qTokens / queryBlock), Nk = Math.ceil(kvTokens / block);
     const rows = trial % 10 === 9 ? Math.min(Mq, 3) : Mq;
-    const importance = Tensor.from(awkwardImportance(random, B * Hm * rows * Nk, Nk), [B, Hm, rows, Nk]);
+    const importance = Tensor.from(awkwardImportance(random, B * Hm * rows, Nk), [B, Hm, rows, Nk]);
     const options: PyramidAssignOptions = {
       block, queryBlock, qTokens: rows * queryBlock < qTokens ? rows * queryBlock : qTokens, kvTokens,
       mode: trial % 2 === 0 ? 'topk' : 'threshold', bounds: bounds[trial % bounds.length]!, causal: trial % 3 !== 1,
@@ -234,6 +234,35 @@ gpu('pyramidAttention fused on CUDA: all level 1 equals dense attention; the CUD
     using cuda = await pyramidAssign(importance, assign);
     using cpu = await pyramidAssign(await importance.to('cpu'), assign);
     await expectSameMask(cuda, cpu, label);
+  }
+});
+
+gpu('4096 key blocks (the most supported): every stage on CUDA matches the CPU (largest sort, shared rows, longest lists)', async () => {
+  const random = rng(707);
+  for (const dtype of DTYPES) {
+    // blocks of 8 keys, a partial last one; few queries keep the CPU reference quick
+    const s: Shape = { B: 1, Hq: 2, Hkv: 1, Tq: 40, Tk: 4096 * 8 - 3, D: 8, block: 8, queryBlock: 16 };
+    const { q, k, v } = qkv(random, s, dtype, 1.5);
+    const common = { block: s.block, queryBlock: s.queryBlock, causal: true };
+    const [gq, gk, gv] = await onGpu(q, k, v);
+    for (const maskGranularity of ['qhead', 'kvhead'] as const) {
+      const importance = await pyramidImportance(q, k, { ...common, maskGranularity, sampling: 1 });
+      await expectClose(await pyramidImportance(gq!, gk!, { ...common, maskGranularity, sampling: 1 }), importance, [1e-4, 1e-2],
+        `${dtype} ${maskGranularity}: importance`);
+      for (const mode of ['topk', 'threshold'] as const) {
+        const assign = { ...common, qTokens: s.Tq, kvTokens: s.Tk, mode };
+        using mask = await pyramidAssign(importance, assign);
+        using gmask = await pyramidAssign(await importance.to('cuda'), assign);
+        await expectSameMask(gmask, mask, `${dtype} ${maskGranularity} ${mode}`);
+        using levels = await pyramidPool(k, v, { block: s.block });
+        using glevels = await pyramidPool(gk!, gv!, { block: s.block });
+        const cpu = await pyramidAttention(q, k, v, { ...common, mask, levels, returnLse: true });
+        const cuda = await pyramidAttention(gq!, gk!, gv!, { ...common, mask: gmask, levels: glevels, returnLse: true });
+        const tolerance = attendTolerance(dtype, dtype);
+        await expectClose(cuda.output, cpu.output, tolerance.out, `${dtype} ${maskGranularity} ${mode}: output`);
+        await expectClose(cuda.lse!, cpu.lse!, tolerance.lse, `${dtype} ${maskGranularity} ${mode}: lse`);
+      }
+    }
   }
 });
 
