@@ -14,6 +14,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 KVSQUASH_REQUIRE_GPU=1 node scripts/test.mjs ${1:-} 2>&1 | tail -60
 status=${PIPESTATUS[0]}
 if [ -z "${1:-}" ]; then
+  # PyTorch SDPA at the pyramid benchmark's GPU shapes, where the machine has torch
+  sdpa=bench/results/latest-sdpa.json
+  if python3 -c 'import torch' 2>/dev/null && python3 bench/pyramid_sdpa.py "$sdpa"; then export KVSQUASH_SDPA_JSON="$sdpa"; fi
   node --import tsx bench/run.ts 2>&1
 fi
 [ -n "${OUT:-}" ] && mkdir -p "$OUT/results" && cp bench/results/*.json "$OUT/results/" 2>/dev/null
