@@ -1200,6 +1200,7 @@ __global__ void __launch_bounds__(kMaxWarps * kWarpSize) attend_mma_kernel(const
   using Tile = MmaTile<DP>;
   constexpr int kN8 = Tile::kKeys / 8;  // 8-key column groups of a tile
   constexpr int kD8 = DP / 8;           // 8-dim column groups of the output
+  constexpr bool kSplitWeights = std::is_same_v<T, __nv_bfloat16>;
   constexpr int kStride = Tile::kStride;
   constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
   extern __shared__ __align__(16) unsigned char shared_bytes[];
@@ -1298,12 +1299,20 @@ __global__ void __launch_bounds__(kMaxWarps * kWarpSize) attend_mma_kernel(const
       }
 
       // PV: the weights are the A fragments as they lie (the accumulator layout of two
-      // 8-key groups is the A layout of one 16-key step)
+      // 8-key groups is the A layout of one 16-key step). bf16 keeps only 8 significant bits,
+      // too few for the 1e-3 tolerance where a few weights cancel: there the weights go in as
+      // a rounded part plus what the rounding left out, two products summed.
 #pragma unroll
       for (int kk = 0; kk < Tile::kKeys / 16; ++kk) {
-        const uint32_t pf[4] = {pack2<T>(score[2 * kk][0], score[2 * kk][1]), pack2<T>(score[2 * kk][2], score[2 * kk][3]),
-                                pack2<T>(score[2 * kk + 1][0], score[2 * kk + 1][1]),
-                                pack2<T>(score[2 * kk + 1][2], score[2 * kk + 1][3])};
+        const float w[8] = {score[2 * kk][0],     score[2 * kk][1],     score[2 * kk][2],     score[2 * kk][3],
+                            score[2 * kk + 1][0], score[2 * kk + 1][1], score[2 * kk + 1][2], score[2 * kk + 1][3]};
+        uint32_t pf[4], rest[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          pf[i] = pack2<T>(w[2 * i], w[2 * i + 1]);
+          if constexpr (kSplitWeights)
+            rest[i] = pack2<T>(w[2 * i] - __uint_as_float(pf[i] << 16), w[2 * i + 1] - __uint_as_float(pf[i] & 0xffff0000u));
+        }
         // B of dim groups db and db + 1, transposed out of the [key][dim] tile: keys 0-7 and
         // 8-15 of each group (the zero padding past D may be read, never used)
         const T* vp = v_tile + (kk * 16 + ((lane / 8) % 2) * 8 + lane % 8) * kStride + (lane / 16) * 8;
@@ -1313,7 +1322,11 @@ __global__ void __launch_bounds__(kMaxWarps * kWarpSize) attend_mma_kernel(const
           uint32_t vf[4];
           load_matrices<true>(vf, vp + db * 8);
           mma_16816<T>(o[db], pf, vf[0], vf[1]);
-          if ((db + 1) * 8 < a.D) mma_16816<T>(o[db + 1], pf, vf[2], vf[3]);
+          if constexpr (kSplitWeights) mma_16816<T>(o[db], rest, vf[0], vf[1]);
+          if ((db + 1) * 8 < a.D) {
+            mma_16816<T>(o[db + 1], pf, vf[2], vf[3]);
+            if constexpr (kSplitWeights) mma_16816<T>(o[db + 1], rest, vf[2], vf[3]);
+          }
         }
       }
     }
