@@ -2,6 +2,7 @@
 import { runAttentionBench } from './attention.bench.js';
 import { runMergeBench } from './merge.bench.js';
 import { runQuantBench } from './quant.bench.js';
+import { runPyramidBench } from './pyramid.bench.js';
 import { runSoftMatchBench } from './softmatch.bench.js';
 
 const benches: Record<string, (options: { quick: boolean }) => Promise<void>> = {
@@ -9,6 +10,7 @@ const benches: Record<string, (options: { quick: boolean }) => Promise<void>> = 
   merge: runMergeBench,
   qattn: async (options) => (await import('./qattn.bench.js')).runQattnBench(options),
   quant: runQuantBench,
+  pyramid: runPyramidBench,
   softmatch: runSoftMatchBench,
 };
 

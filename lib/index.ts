@@ -13,3 +13,9 @@ export { CompressedKV } from './ops/compressed.js';
 export { quantize, dequantize, quantizedAttention, QuantizedKV, type QuantizeOptions, type QuantizedAttentionOptions, type RopeStyle } from './ops/quant.js';
 export { calibrate, kmeans, QuantParams, type CalibrateOptions, type KmeansOptions, type QuantSettings, type RawDType } from './ops/quant-params.js';
 export { QUANT_MODES, type QuantMode } from './ops/quant-format.js';
+export {
+  pyramidPool, pyramidImportance, pyramidAssign, pyramidAttention, PyramidLevels, PyramidMask, PYRAMID_LEVELS,
+  DEFAULT_TOPK_BOUNDS, DEFAULT_THRESHOLD_BOUNDS, type PyramidBlockOptions, type PyramidImportanceOptions,
+  type PyramidAssignOptions, type PyramidAttentionOptions, type PyramidAttentionResult, type PyramidBounds,
+  type PyramidMode, type MaskGranularity,
+} from './ops/pyramid.js';

@@ -79,6 +79,17 @@ export interface NativeAddon {
     options: { scale: number; causal: boolean; kvLengths: NativeTensor | null }): Promise<void>;
   copyRows(src: NativeTensor, dst: NativeTensor, options: { axis: number; srcStart: number; dstStart: number; count: number }): Promise<void>;
   kmeans(data: NativeTensor, weights: NativeTensor | null, centroids: NativeTensor, options: { k: number; iterations: number; seed: number }): Promise<void>;
+  pyramidPool(k: NativeTensor, v: NativeTensor, pooledKeys: NativeTensor[], pooledValues: NativeTensor[], options: { block: number }): Promise<void>;
+  pyramidImportance(q: NativeTensor, k: NativeTensor, importance: NativeTensor, options: {
+    block: number; queryBlock: number; sampleQueries: number; sampleKeys: number; seed: number; scale: number; causal: boolean; kvHeadMask: boolean;
+  }): Promise<void>;
+  pyramidAssign(importance: NativeTensor, levelMap: NativeTensor, lists: NativeTensor, counts: NativeTensor, options: {
+    block: number; queryBlock: number; qTokens: number; kvTokens: number; causal: boolean; threshold: boolean;
+    bounds: number[]; minFull: number; forceSink: boolean; forceDiagonal: boolean;
+  }): Promise<void>;
+  pyramidAttend(q: NativeTensor, k: NativeTensor, v: NativeTensor, pooledKeys: NativeTensor[], pooledValues: NativeTensor[],
+    lists: NativeTensor, counts: NativeTensor, out: NativeTensor, lse: NativeTensor | null,
+    options: { block: number; queryBlock: number; scale: number; causal: boolean }): Promise<void>;
 }
 
 const require = createRequire(import.meta.url);

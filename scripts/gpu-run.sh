@@ -16,6 +16,9 @@ status=${PIPESTATUS[0]}
 if [ -z "${1:-}" ]; then
   # PyTorch SDPA on the decode shapes first, so the qattn bench finds it (where torch is installed)
   python3 bench/qattn_sdpa.py 2>&1 || true
+  # PyTorch SDPA at the pyramid benchmark's GPU shapes, where the machine has torch
+  sdpa=bench/results/latest-sdpa.json
+  if python3 -c 'import torch' 2>/dev/null && python3 bench/pyramid_sdpa.py "$sdpa"; then export KVSQUASH_SDPA_JSON="$sdpa"; fi
   node --import tsx bench/run.ts 2>&1
 fi
 [ -n "${OUT:-}" ] && mkdir -p "$OUT/results" && cp bench/results/*.json "$OUT/results/" 2>/dev/null

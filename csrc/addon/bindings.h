@@ -10,5 +10,6 @@ void register_attention(Napi::Env env, Napi::Object exports);
 void register_merge(Napi::Env env, Napi::Object exports);
 void register_softmatch(Napi::Env env, Napi::Object exports);
 void register_quant(Napi::Env env, Napi::Object exports);
+void register_pyramid(Napi::Env env, Napi::Object exports);
 
 }  // namespace kvs::addon

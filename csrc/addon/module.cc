@@ -18,6 +18,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_merge(env, exports);
   register_softmatch(env, exports);
   register_quant(env, exports);
+  register_pyramid(env, exports);
   return exports;
 }
 

@@ -348,6 +348,107 @@ typedef struct kvs_kmeans_params {
 kvs_status kvs_kmeans(const kvs_tensor* data, const kvs_tensor* weights, const kvs_kmeans_params* params,
                       const kvs_tensor* centroids, void* stream);
 
+/*
+ * Pyramid sparse attention (after PSA; exact definitions in csrc/core/pyramid.h): four
+ * stages the TS op pyramidAttention chains. Key blocks of `block` tokens (8..128, power of
+ * two), query blocks of `query_block` rows (16..128, power of two); Nk = ceil(Tk / block) <=
+ * 4096, Mq = ceil(Tq / query_block); D a multiple of 8 in 8..256. q [B,Hq,Tq,D], k, v
+ * [B,Hkv,Tk,D] in one float dtype; queries are the last Tq positions (as kvs_attention).
+ * Mask rows are per query head (QHEAD, Hm = Hq) or per KV head (KVHEAD, Hm = Hkv).
+ */
+typedef enum kvs_pyramid_mask {
+  KVS_PYRAMID_MASK_QHEAD = 0, /* one mask per query head */
+  KVS_PYRAMID_MASK_KVHEAD = 1 /* one mask per KV head, shared by its query group */
+} kvs_pyramid_mask;
+
+typedef enum kvs_pyramid_mode {
+  KVS_PYRAMID_TOPK = 0,     /* bounds are fractions of the row's visible blocks (by rank) */
+  KVS_PYRAMID_THRESHOLD = 1 /* bounds are fractions of the row's cumulative importance */
+} kvs_pyramid_mode;
+
+/*
+ * Pool: mean of each run of L = 2, 4, 8 keys (and values) inside every key block; a partial
+ * last block pools only its existing tokens (pooled token t at level L holds
+ * clamp(Tk - t*L, 0, L) of them). keys, values [B,Hkv,Tk,D]; pooled_keys[i], pooled_values[i]
+ * (i = 0, 1, 2 for L = 2, 4, 8) [B,Hkv,Nk*block/L,D] in the keys' dtype. Bit-identical on CPU
+ * and CUDA (a stated f32 summation tree).
+ */
+typedef struct kvs_pyramid_pool_params {
+  int64_t block;
+} kvs_pyramid_pool_params;
+
+kvs_status kvs_pyramid_pool(const kvs_tensor* keys, const kvs_tensor* values,
+                            const kvs_pyramid_pool_params* params,
+                            const kvs_tensor* const* pooled_keys,   /* 3 entries */
+                            const kvs_tensor* const* pooled_values, /* 3 entries */
+                            void* stream);
+
+/*
+ * Importance: f32 [B,Hm,Mq,Nk], the block importance of PSA's sampled block-max estimator
+ * (each row sums to 1, or is all 0): sample_queries rows of every query block and
+ * sample_keys keys of every key block, chosen by a counter-based hash of (seed, b, head,
+ * offset), so the result depends on nothing but the inputs. CPU f64, CUDA f32 (tolerance in
+ * csrc/core/pyramid.h).
+ */
+typedef struct kvs_pyramid_importance_params {
+  int64_t block, query_block;
+  int64_t sample_queries; /* 1..query_block */
+  int64_t sample_keys;    /* 1..block */
+  uint32_t seed;
+  float scale;            /* finite */
+  int32_t causal;
+  int32_t mask;           /* kvs_pyramid_mask */
+} kvs_pyramid_importance_params;
+
+kvs_status kvs_pyramid_importance(const kvs_tensor* q, const kvs_tensor* k,
+                                  const kvs_pyramid_importance_params* params,
+                                  const kvs_tensor* importance, void* stream);
+
+/*
+ * Assign: per mask row, ranks the visible key blocks (forced ones first, then by importance,
+ * ties to the lower block) and gives rank ranges levels 1, 2, 4, 8 or 0 (skipped); bounds
+ * end the ranges of levels 1, 2, 4, 8 (non-decreasing, in [0, 1]). importance f32
+ * [B,Hm,Mq,Nk]; writes level_map u8 [B,Hm,Mq,Nk], lists i32 [B,Hm,Mq,Nk] (assigned block
+ * ids grouped by level 1, 2, 4, 8, ascending inside a level, then -1) and counts i32
+ * [B,Hm,Mq,4]. Identical on CPU and CUDA for the same importance.
+ */
+typedef struct kvs_pyramid_assign_params {
+  int64_t block, query_block;
+  int64_t q_tokens, kv_tokens; /* Tq, Tk: block extents, positions and visibility */
+  int32_t causal;
+  int32_t mode;                /* kvs_pyramid_mode */
+  float bounds[4];
+  float min_full_fraction;     /* threshold mode: the first floor(f*N)+1 ranks take level 1; 0: off */
+  int32_t force_sink;          /* key block 0 takes level 1 */
+  int32_t force_diagonal;      /* key blocks sharing a position with the query block take level 1 */
+} kvs_pyramid_assign_params;
+
+kvs_status kvs_pyramid_assign(const kvs_tensor* importance, const kvs_pyramid_assign_params* params,
+                              const kvs_tensor* level_map, const kvs_tensor* lists,
+                              const kvs_tensor* counts, void* stream);
+
+/*
+ * Attend: for each query, online softmax over the pooled tokens of its query block's listed
+ * (block, level) pairs, with ln(count) added to each pooled logit (proportional attention;
+ * count = L except in a partial last block) and, when causal, a pooled token visible only
+ * once its last raw position is <= the query's. q [B,Hq,Tq,D], k, v [B,Hkv,Tk,D], the pooled
+ * levels of kvs_pyramid_pool, lists and counts of kvs_pyramid_assign with Hm = Hq or Hkv.
+ * out [B,Hq,Tq,D] in f32, f16 or bf16; lse (optional) f32 [B,Hq,Tq]. A query that sees no
+ * token gets zeros and lse = -inf. CPU accumulates in f64, CUDA in f32.
+ */
+typedef struct kvs_pyramid_attend_params {
+  int64_t block, query_block;
+  float scale; /* finite */
+  int32_t causal;
+} kvs_pyramid_attend_params;
+
+kvs_status kvs_pyramid_attend(const kvs_tensor* q, const kvs_tensor* k, const kvs_tensor* v,
+                              const kvs_tensor* const* pooled_keys,   /* 3 entries */
+                              const kvs_tensor* const* pooled_values, /* 3 entries */
+                              const kvs_tensor* lists, const kvs_tensor* counts,
+                              const kvs_pyramid_attend_params* params, const kvs_tensor* out,
+                              const kvs_tensor* lse, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -42,6 +42,22 @@ int main(void) {
   status = kvs_attention(&tq, NULL, &tv, &params, &to, NULL, NULL);
   if (status != KVS_E_SHAPE) return printf("NULL k: %s\n", kvs_status_name(status)), 1;
 
+  /* pyramid pooling through the arrays of level tensors: rows 0..7 hold their index */
+  {
+    float rows[64], l2[32], l4[16], l8[8];
+    for (int i = 0; i < 64; ++i) rows[i] = (float)(i / 8);
+    const int64_t rs[4] = {1, 1, 8, 8}, s2[4] = {1, 1, 4, 8}, s4[4] = {1, 1, 2, 8}, s8[4] = {1, 1, 1, 8};
+    kvs_tensor tr = cpu_tensor(rows, KVS_F32, 4, rs);
+    kvs_tensor t2 = cpu_tensor(l2, KVS_F32, 4, s2), t4 = cpu_tensor(l4, KVS_F32, 4, s4), t8 = cpu_tensor(l8, KVS_F32, 4, s8);
+    const kvs_tensor* levels[3] = {&t2, &t4, &t8};
+    kvs_pyramid_pool_params pool;
+    memset(&pool, 0, sizeof pool);
+    pool.block = 8;
+    status = kvs_pyramid_pool(&tr, &tr, &pool, levels, levels, NULL);
+    if (status != KVS_OK) return printf("pyramid pool failed: %s\n", kvs_last_error()), 1;
+    if (l2[8] != 2.5f || l4[8] != 5.5f || l8[7] != 3.5f) return printf("wrong pooling: %g %g %g\n", l2[8], l4[8], l8[7]), 1;
+  }
+
   kvs_cuda_info info;
   if (kvs_cuda_probe(&info) != KVS_OK) return printf("probe failed\n"), 1;
   if (!info.available && info.reason[0] == '\0') return printf("unavailable CUDA without a reason\n"), 1;
