@@ -100,7 +100,8 @@ test('uncompressed: kept 1, 16 bits, exact attention, and the plain perplexity i
 });
 
 test('compressed rows keep the ratio asked for and cost that share of the bytes', () => {
-  for (const row of rows.filter((r) => r.method !== 'uncompressed')) {
+  // cache-compressing methods (attention entries keep the cache whole; tested below)
+  for (const row of rows.filter((r) => r.method !== 'uncompressed' && r.family !== 'pyramid')) {
     assert.ok(Math.abs(row.kept - row.budget) < 1e-9, `${row.method} ${row.budget} ${row.mode}: kept ${row.kept}`);
     // every slot: f16 key and value (32 bytes for one KV head of 8) plus an f16 log-size
     assert.ok(Math.abs(row.bytesPerToken - row.budget * 34) < 1e-9, `${row.method} ${row.budget}: ${row.bytesPerToken} bytes`);
@@ -177,6 +178,18 @@ test('a quantization entry: pages from the true positions, the tail raw; rows at
     assert.is(row.kept, 1);
     assert.ok(row.bits > 2 && row.bits < 16, `${row.mode} bits ${row.bits}`);
     assert.ok(Number.isFinite(row.ppl) && Number.isFinite(row.relL2!), `${row.mode}: ${row.ppl} ${row.relL2}`);
+  }
+});
+
+test('pyramidAttention rows: whole cache, dense bytes, error that grows as the budget shrinks', () => {
+  for (const mode of ['prefill', 'decode']) {
+    const errors = [0.5, 0.25, 0.125].map((b) => byName(rows, 'pyramidAttention', mode, b));
+    for (const row of errors) {
+      assert.is(row.kept, 1);
+      assert.is(row.bytesPerToken, byName(rows, 'uncompressed', mode).bytesPerToken);
+      assert.ok(Number.isFinite(row.ppl) && row.relL2! >= 0, `${mode} ${row.budget}`);
+    }
+    assert.ok(errors[2]!.relL2! >= errors[0]!.relL2!, `${mode}: ${errors.map((r) => r.relL2).join(', ')}`);
   }
 });
 

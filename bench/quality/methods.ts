@@ -10,7 +10,8 @@
  * attention op itself.
  */
 import {
-  attentionScores, calibrate, dequantize, gaussianMerge, QUANT_MODES, QuantParams, quantize, softMatch, Tensor, type CompressedKV, type QuantMode,
+  attentionScores, calibrate, dequantize, gaussianMerge, pyramidAttention, QUANT_MODES, QuantParams, quantize, softMatch, Tensor,
+  type CompressedKV, type QuantMode,
 } from '../../lib/index.js';
 import { DENSE_ELEMENT_BYTES, type AttentionOverride, type Compressed, type Compressor } from './cache.js';
 import { ROPE_THETA, type LayerKV } from './model.js';
@@ -142,8 +143,27 @@ export function quantMethod(mode: QuantMode, outliers = 0): CacheMethod {
   };
 }
 
+/**
+ * Pyramid sparse attention as an 'attention' entry: the cache stays raw and every query
+ * block attends through `pyramidAttention` (key blocks of 16, query blocks of 16: this
+ * model's sequences are short). A budget b sets the top-k level ranges to 0.6b at full
+ * resolution, then 0.4b each at levels 2, 4 and 8, about 0.95b of the dense work; the
+ * table's bytes stay dense (the saving is compute, not memory).
+ */
+export const pyramidMethod: AttentionMethod = {
+  kind: 'attention', name: 'pyramidAttention', family: 'pyramid', budgets: [0.5, 0.25, 0.125],
+  decode: 'every 32-token block of queries attends through pyramidAttention over the raw cache',
+  prepare: async (_calibration, budget) => async (queries, kv) => {
+    const [b1, b2, b4, b8] = [0.6, 1.0, 1.4, 1.8].map((f) => Math.min(1, f * budget)) as [number, number, number, number];
+    const bounds = [b1, b2, b4, b8] as const;
+    const { output } = await pyramidAttention(queries, kv.keys, kv.values, { causal: true, block: 16, queryBlock: 16, mode: 'topk', bounds });
+    return output;
+  },
+};
+
 /** Every method the harness runs. */
 export const METHODS: Method[] = [
   uncompressed, gaussianMergeMethod, softMatchMethod,
   ...QUANT_MODES.map((mode) => quantMethod(mode)), quantMethod('nuq2', 1),
+  pyramidMethod,
 ];
