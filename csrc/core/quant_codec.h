@@ -147,23 +147,34 @@ KVS_HOST_DEVICE inline void rope_pair(kvs_rope_style style, int32_t D, int32_t i
   }
 }
 
+// cos and sin of frequency i at position `pos`, as the contract defines them.
+KVS_HOST_DEVICE inline void rope_factors(const Rope& rope, int64_t pos, int32_t i, float& c, float& s) {
+  const float angle = mul_rn(static_cast<float>(pos), rope.inv_freq[i]);
+  c = static_cast<float>(cos(static_cast<double>(angle)));
+  s = static_cast<float>(sin(static_cast<double>(angle)));
+}
+
+// Rotates pair i of x[D] by the angle whose cos and sin are given (inverse: by its negative).
+KVS_HOST_DEVICE inline void rotate_pair(kvs_rope_style style, int32_t D, int32_t i, float c, float s, bool inverse, float* x) {
+  int32_t ia, ib;
+  rope_pair(style, D, i, ia, ib);
+  const float a = x[ia], b = x[ib];
+  if (inverse) {
+    x[ia] = add_rn(mul_rn(a, c), mul_rn(b, s));
+    x[ib] = sub_rn(mul_rn(b, c), mul_rn(a, s));
+  } else {
+    x[ia] = sub_rn(mul_rn(a, c), mul_rn(b, s));
+    x[ib] = add_rn(mul_rn(a, s), mul_rn(b, c));
+  }
+}
+
 // Rotates x[D] in place by position `pos` (inverse: by -pos). No-op for KVS_ROPE_NONE.
 KVS_HOST_DEVICE inline void apply_rope(const Rope& rope, int32_t D, int64_t pos, bool inverse, float* x) {
   if (rope.style == KVS_ROPE_NONE) return;
   for (int32_t i = 0; i < D / 2; ++i) {
-    const float angle = mul_rn(static_cast<float>(pos), rope.inv_freq[i]);
-    const float c = static_cast<float>(cos(static_cast<double>(angle)));
-    const float s = static_cast<float>(sin(static_cast<double>(angle)));
-    int32_t ia, ib;
-    rope_pair(rope.style, D, i, ia, ib);
-    const float a = x[ia], b = x[ib];
-    if (inverse) {
-      x[ia] = add_rn(mul_rn(a, c), mul_rn(b, s));
-      x[ib] = sub_rn(mul_rn(b, c), mul_rn(a, s));
-    } else {
-      x[ia] = sub_rn(mul_rn(a, c), mul_rn(b, s));
-      x[ib] = add_rn(mul_rn(a, s), mul_rn(b, c));
-    }
+    float c, s;
+    rope_factors(rope, pos, i, c, s);
+    rotate_pair(rope.style, D, i, c, s, inverse, x);
   }
 }
 

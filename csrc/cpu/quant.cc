@@ -97,31 +97,37 @@ void quant_encode(const QuantEncodeProblem& p) {
   const QuantFormat& f = p.format;
   const int32_t D = f.D;
   const bool rotate_keys = encodes_post_rope(key_codec(f.mode));
-  const int64_t units = p.B * p.n_pages * f.Hkv;
   const UnitLayout key_layout(f, key_codec(f.mode)), value_layout(f, value_codec(f.mode));
-  parallel_for(units, [&](int64_t begin, int64_t end) {
+  const bool rope_keys = rotate_keys && p.rope.style != KVS_ROPE_NONE;
+  // a unit is one page of one sequence, all heads: its tokens' cos/sin are computed once
+  parallel_for(p.B * p.n_pages, [&](int64_t begin, int64_t end) {
     std::vector<float> keys(static_cast<size_t>(kQuantPageTokens) * D), values(keys.size());
+    std::vector<float> cos_sin(rope_keys ? static_cast<size_t>(kQuantPageTokens) * D : 0);  // [token][i][c, s]
     for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t h = unit % f.Hkv, i = (unit / f.Hkv) % p.n_pages, b = unit / (f.Hkv * p.n_pages);
-      for (int32_t t = 0; t < kQuantPageTokens; ++t) {
-        const int64_t j = p.src_start + i * kQuantPageTokens + t;
-        const int64_t row = ((b * f.Hkv + h) * p.Ts + j) * D;
-        float* key = keys.data() + static_cast<size_t>(t) * D;
-        float* value = values.data() + static_cast<size_t>(t) * D;
-        for (int32_t d = 0; d < D; ++d) {
-          key[d] = round_to_storage(load_storage(p.keys, p.dtype, row + d), f.raw_dtype);
-          value[d] = round_to_storage(load_storage(p.values, p.dtype, row + d), f.raw_dtype);
-        }
-        if (rotate_keys) {
-          const int64_t pos = p.positions ? p.positions[b * p.Ts + j] : p.position_offset + j;
-          apply_rope(p.rope, D, pos, false, key);
-        }
-        for (int32_t d = 0; d < D; ++d)
-          if (!encodable(key[d]) || !encodable(value[d])) throw Error(KVS_E_RANGE, kQuantRangeMessage);
+      const int64_t i = unit % p.n_pages, b = unit / p.n_pages;
+      const int64_t first = p.src_start + i * kQuantPageTokens;
+      for (int32_t t = 0; rope_keys && t < kQuantPageTokens; ++t) {
+        const int64_t pos = p.positions ? p.positions[b * p.Ts + first + t] : p.position_offset + first + t;
+        for (int32_t k = 0; k < D / 2; ++k) rope_factors(p.rope, pos, k, cos_sin[(t * D / 2 + k) * 2], cos_sin[(t * D / 2 + k) * 2 + 1]);
       }
-      const int64_t page_unit = page_head_index(b, p.page_start + i, h, p.pages.capacity, f.Hkv);
-      encode_page(f, true, static_cast<int32_t>(h), keys, page_arrays(p.pages, f, true, page_unit), key_layout);
-      encode_page(f, false, static_cast<int32_t>(h), values, page_arrays(p.pages, f, false, page_unit), value_layout);
+      for (int64_t h = 0; h < f.Hkv; ++h) {
+        for (int32_t t = 0; t < kQuantPageTokens; ++t) {
+          const int64_t row = ((b * f.Hkv + h) * p.Ts + first + t) * D;
+          float* key = keys.data() + static_cast<size_t>(t) * D;
+          float* value = values.data() + static_cast<size_t>(t) * D;
+          for (int32_t d = 0; d < D; ++d) {
+            key[d] = round_to_storage(load_storage(p.keys, p.dtype, row + d), f.raw_dtype);
+            value[d] = round_to_storage(load_storage(p.values, p.dtype, row + d), f.raw_dtype);
+          }
+          for (int32_t k = 0; rope_keys && k < D / 2; ++k)
+            rotate_pair(p.rope.style, D, k, cos_sin[(t * D / 2 + k) * 2], cos_sin[(t * D / 2 + k) * 2 + 1], false, key);
+          for (int32_t d = 0; d < D; ++d)
+            if (!encodable(key[d]) || !encodable(value[d])) throw Error(KVS_E_RANGE, kQuantRangeMessage);
+        }
+        const int64_t page_unit = page_head_index(b, p.page_start + i, h, p.pages.capacity, f.Hkv);
+        encode_page(f, true, static_cast<int32_t>(h), keys, page_arrays(p.pages, f, true, page_unit), key_layout);
+        encode_page(f, false, static_cast<int32_t>(h), values, page_arrays(p.pages, f, false, page_unit), value_layout);
+      }
     }
   });
 }
