@@ -10,13 +10,9 @@ import { readNpy } from '../bench/common/npy.js';
 import { kvDumps, layerFile } from '../bench/common/shared-data.js';
 import { badInputTests } from './helpers/expect-error.js';
 import { randomArray, randomInt, rng } from './helpers/random.js';
+import { gpuSuite } from './helpers/gpu.js';
 
-const info = backend();
-const gpu = info.cuda.available ? test : test.skip;
-if (!info.cuda.available) {
-  if (process.env.KVSQUASH_REQUIRE_GPU === '1') test('a usable CUDA device (KVSQUASH_REQUIRE_GPU=1)', () => assert.unreachable(info.cuda.reason));
-  else test.skip(`GPU kmeans suite (no CUDA: ${info.cuda.reason})`, () => {});
-}
+const gpu = gpuSuite('GPU kmeans suite');
 
 const TOLERANCE = 1e-5;
 
@@ -190,7 +186,7 @@ else {
 
 // ---- bad input on CUDA ------------------------------------------------------------------------
 
-if (info.cuda.available) {
+if (backend().cuda.available) {
   const good = await Tensor.from(randomArray(rng(8), 2 * 40 * 8), [2, 40, 8]).to('cuda');
   const withNaN = await Tensor.from(new Float32Array(2 * 40 * 8).fill(1).fill(NaN, 300, 301), [2, 40, 8]).to('cuda');
   const negative = await Tensor.from(new Float32Array(80).fill(1).fill(-1, 79), [2, 40], 'f32').to('cuda');

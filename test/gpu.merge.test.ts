@@ -7,26 +7,16 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { attentionScores, backend, gaussianMerge, Tensor, toBF16, toF16, fromBF16, fromF16, type GaussianMergeOptions } from '../lib/index.js';
+import { attentionScores, gaussianMerge, Tensor, fromBF16, fromF16, type GaussianMergeOptions } from '../lib/index.js';
 import { readNpy } from '../bench/common/npy.js';
 import { kvDumps, layerFile } from '../bench/common/shared-data.js';
 import { randomArray, randomInt, rng } from './helpers/random.js';
+import { floatTensor, gpuSuite } from './helpers/gpu.js';
 import { toleranceRatio } from './helpers/reference.js';
 
-const info = backend();
-const gpu = info.cuda.available ? test : test.skip;
-if (!info.cuda.available) {
-  if (process.env.KVSQUASH_REQUIRE_GPU === '1') test('a usable CUDA device (KVSQUASH_REQUIRE_GPU=1)', () => assert.unreachable(info.cuda.reason));
-  else test.skip(`GPU merge suite (no CUDA: ${info.cuda.reason})`, () => {});
-}
+const gpu = gpuSuite('GPU merge suite');
 
-type FloatDType = 'f32' | 'f16' | 'bf16';
 
-function asDType(values: Float32Array, dtype: FloatDType, shape: number[]): Tensor {
-  if (dtype === 'f16') return Tensor.from(toF16(values), shape, 'f16');
-  if (dtype === 'bf16') return Tensor.from(toBF16(values), shape, 'bf16');
-  return Tensor.from(values, shape);
-}
 
 async function asFloats(t: Tensor): Promise<Float32Array> {
   const data = await t.data();
@@ -64,7 +54,7 @@ gpu('gaussianMerge: random shapes, dtypes, both modes, protection; integers exac
     // runs of near-copies so that links sit on both sides of the threshold
     const base = randomArray(random, B * H * T * D);
     for (let i = D; i < base.length; i++) if (random() < 0.7 && i % (T * D) >= D) base[i] = base[i - D]! + 0.2 * (random() - 0.5);
-    const keys = asDType(base, dtype, shape), values = asDType(randomArray(random, B * H * T * D), dtype, shape);
+    const keys = floatTensor(base, shape, dtype), values = floatTensor(randomArray(random, B * H * T * D), shape, dtype);
     const scores = Tensor.from(Float32Array.from({ length: B * H * T }, () => Math.round(random() * 50) / 50), [B, H, T]);
     const protect = { first: randomInt(random, 0, 2), recent: randomInt(random, 0, 4), topScore: randomInt(random, 0, 4) };
     const options: GaussianMergeOptions[] = [
@@ -79,8 +69,8 @@ gpu('attentionScores: CUDA matches the CPU', async () => {
   const random = rng(41);
   for (const [B, Hq, Hkv, Tq, Tk, D, window] of [[1, 32, 8, 64, 2000, 128, 32], [2, 4, 2, 7, 30, 8, 7], [1, 3, 1, 1, 900, 64, 1], [1, 8, 8, 40, 40, 256, 16]] as const) {
     for (const dtype of ['f32', 'f16'] as const) {
-      const q = asDType(randomArray(random, B * Hq * Tq * D), dtype, [B, Hq, Tq, D]);
-      const k = asDType(randomArray(random, B * Hkv * Tk * D), dtype, [B, Hkv, Tk, D]);
+      const q = floatTensor(randomArray(random, B * Hq * Tq * D), [B, Hq, Tq, D], dtype);
+      const k = floatTensor(randomArray(random, B * Hkv * Tk * D), [B, Hkv, Tk, D], dtype);
       const cpu = await attentionScores(q, k, { window });
       const [gq, gk] = await Promise.all([q.to('cuda'), k.to('cuda')]);
       const cuda = await attentionScores(gq, gk, { window });

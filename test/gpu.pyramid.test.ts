@@ -7,31 +7,20 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import {
-  attention, backend, fromBF16, fromF16, pyramidAssign, pyramidAttention, pyramidImportance, pyramidPool, PyramidLevels, PyramidMask, Tensor, toBF16, toF16,
-  type MaskGranularity, type PyramidAssignOptions, type PyramidBounds,
+  attention, fromBF16, fromF16, pyramidAssign, pyramidAttention, pyramidImportance, pyramidPool, PyramidLevels, PyramidMask, Tensor, type MaskGranularity, type PyramidAssignOptions, type PyramidBounds,
 } from '../lib/index.js';
 import { readNpy } from '../bench/common/npy.js';
 import { kvDumps, layerFile } from '../bench/common/shared-data.js';
 import { randomArray, randomInt, rng } from './helpers/random.js';
+import { floatTensor, gpuSuite, type FloatDType } from './helpers/gpu.js';
 import { toleranceRatio } from './helpers/reference.js';
 
-const info = backend();
-const gpu = info.cuda.available ? test : test.skip;
-if (!info.cuda.available) {
-  if (process.env.KVSQUASH_REQUIRE_GPU === '1') test('a usable CUDA device (KVSQUASH_REQUIRE_GPU=1)', () => assert.unreachable(info.cuda.reason));
-  else test.skip(`GPU pyramid suite (no CUDA: ${info.cuda.reason})`, () => {});
-}
+const gpu = gpuSuite('GPU pyramid suite');
 
-type FloatDType = 'f32' | 'f16' | 'bf16';
 const DTYPES: FloatDType[] = ['f32', 'f16', 'bf16'];
 const BLOCKS = [8, 16, 32, 64, 128];
 const QUERY_BLOCKS = [16, 32, 64, 128];
 
-function floatTensor(values: Float32Array, shape: readonly number[], dtype: FloatDType): Tensor {
-  if (dtype === 'f16') return Tensor.from(toF16(values), [...shape], 'f16');
-  if (dtype === 'bf16') return Tensor.from(toBF16(values), [...shape], 'bf16');
-  return Tensor.from(values, [...shape]);
-}
 
 /** Values as numbers (f16/bf16 widened exactly), for tolerance checks. */
 async function numbers(t: Tensor): Promise<Float32Array> {

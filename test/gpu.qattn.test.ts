@@ -15,15 +15,10 @@ import { readNpy } from '../bench/common/npy.js';
 import { kvDumps, layerFile } from '../bench/common/shared-data.js';
 import { badInputTests } from './helpers/expect-error.js';
 import { randomArray, randomInt, rng } from './helpers/random.js';
+import { floatTensor, gpuSuite, type FloatDType } from './helpers/gpu.js';
 
-const info = backend();
-const gpu = info.cuda.available ? test : test.skip;
-if (!info.cuda.available) {
-  if (process.env.KVSQUASH_REQUIRE_GPU === '1') test('a usable CUDA device (KVSQUASH_REQUIRE_GPU=1)', () => assert.unreachable(info.cuda.reason));
-  else test.skip(`GPU quantizedAttention suite (no CUDA: ${info.cuda.reason})`, () => {});
-}
+const gpu = gpuSuite('GPU quantizedAttention suite');
 
-type FloatDType = 'f32' | 'f16' | 'bf16';
 type RopeKind = 'none' | 'interleaved' | 'half';
 
 interface Case {
@@ -43,11 +38,6 @@ function rounded(values: Float32Array, dtype: FloatDType): Float32Array {
   return values;
 }
 
-function floatTensor(values: Float32Array, shape: number[], dtype: FloatDType): Tensor {
-  if (dtype === 'f16') return Tensor.from(toF16(values), shape, 'f16');
-  if (dtype === 'bf16') return Tensor.from(toBF16(values), shape, 'bf16');
-  return Tensor.from(values, shape);
-}
 
 async function floats(t: Tensor): Promise<Float32Array> {
   const data = await t.data();
@@ -310,7 +300,7 @@ else {
   });
 }
 
-if (info.cuda.available) {
+if (backend().cuda.available) {
   const c: Case = { mode: 'nuq2', B: 1, Hkv: 2, G: 2, D: 16, T: 100, Tq: 1, sink: 2, recent: 16, outliers: 0, raw: 'f16', rope: 'half', positions: false, q: 'f32', out: 'f32', causal: false, ragged: false };
   const good = await buildCache(c, 5, 'cuda');
   const q = await Tensor.from(randomArray(rng(6), 4 * 16), [1, 4, 1, 16]).to('cuda');

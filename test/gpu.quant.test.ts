@@ -6,22 +6,16 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import {
-  backend, calibrate, dequantize, DTYPES, KvsquashError, QUANT_MODES, quantize, Tensor, toBF16, toF16,
-  type DType, type QuantizedKV, type QuantizeOptions, type QuantMode, type QuantParams, type RawDType,
+  calibrate, dequantize, DTYPES, KvsquashError, QUANT_MODES, quantize, Tensor, type DType, type QuantizedKV, type QuantizeOptions, type QuantMode, type QuantParams, type RawDType,
 } from '../lib/index.js';
 import { nativeCall } from '../lib/errors.js';
 import { native } from '../lib/native.js';
 import { toNative } from '../lib/tensor.js';
 import { randomArray, randomInt, rng } from './helpers/random.js';
+import { floatTensor, gpuSuite, type FloatDType } from './helpers/gpu.js';
 
-const info = backend();
-const gpu = info.cuda.available ? test : test.skip;
-if (!info.cuda.available) {
-  if (process.env.KVSQUASH_REQUIRE_GPU === '1') test('a usable CUDA device (KVSQUASH_REQUIRE_GPU=1)', () => assert.unreachable(info.cuda.reason));
-  else test.skip(`GPU quantization suite (no CUDA: ${info.cuda.reason})`, () => {});
-}
+const gpu = gpuSuite('GPU quantization suite');
 
-type FloatDType = 'f32' | 'f16' | 'bf16';
 type RopeKind = 'none' | 'interleaved' | 'half' | 'invFreq';
 const PAGE_NAMES = ['keyCodes', 'valueCodes', 'keyMeta', 'valueMeta', 'keyOutlierIndex', 'keyOutlierValue', 'valueOutlierIndex', 'valueOutlierValue'] as const;
 
@@ -34,11 +28,6 @@ interface Case {
 
 // ---- tensors and byte comparisons ---------------------------------------------------------
 
-function floatTensor(values: Float32Array, shape: number[], dtype: FloatDType): Tensor {
-  if (dtype === 'f16') return Tensor.from(toF16(values), shape, 'f16');
-  if (dtype === 'bf16') return Tensor.from(toBF16(values), shape, 'bf16');
-  return Tensor.from(values, shape);
-}
 
 function bytesOf(view: ArrayBufferView): Uint8Array {
   return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);

@@ -3,17 +3,13 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { backend, softMatch, Tensor, toBF16, toF16, type SoftMatchOptions } from '../lib/index.js';
+import { softMatch, Tensor, toBF16, toF16, type SoftMatchOptions } from '../lib/index.js';
 import { readNpy } from '../bench/common/npy.js';
 import { kvDumps, layerFile } from '../bench/common/shared-data.js';
 import { randomArray, randomInt, rng } from './helpers/random.js';
+import { gpuSuite } from './helpers/gpu.js';
 
-const info = backend();
-const gpu = info.cuda.available ? test : test.skip;
-if (!info.cuda.available) {
-  if (process.env.KVSQUASH_REQUIRE_GPU === '1') test('a usable CUDA device (KVSQUASH_REQUIRE_GPU=1)', () => assert.unreachable(info.cuda.reason));
-  else test.skip(`GPU softMatch suite (no CUDA: ${info.cuda.reason})`, () => {});
-}
+const gpu = gpuSuite('GPU softMatch suite');
 
 const NAMES = ['keys', 'values', 'lengths', 'sizes', 'positions', 'assign'] as const;
 

@@ -6,20 +6,12 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { attention, backend, KvsquashError, memoryStats, Tensor, toBF16, toF16, type DType } from '../lib/index.js';
+import { attention, KvsquashError, memoryStats, Tensor, toBF16, toF16, type DType } from '../lib/index.js';
 import { randomArray, randomInt, rng } from './helpers/random.js';
+import { gpuSuite, type FloatDType } from './helpers/gpu.js';
 import { toleranceRatio } from './helpers/reference.js';
 
-const info = backend();
-const required = process.env.KVSQUASH_REQUIRE_GPU === '1';
-const gpu = info.cuda.available ? test : test.skip;
-
-if (!info.cuda.available) {
-  if (required) test('a usable CUDA device (KVSQUASH_REQUIRE_GPU=1)', () => assert.unreachable(`no CUDA: ${info.cuda.reason}`));
-  else test.skip(`GPU suite (no CUDA: ${info.cuda.reason})`, () => {});
-}
-
-type FloatDType = 'f32' | 'f16' | 'bf16';
+const gpu = gpuSuite('GPU suite');
 const encode = (values: Float32Array, dtype: FloatDType) =>
   dtype === 'f16' ? toF16(values) : dtype === 'bf16' ? toBF16(values) : values;
 
