@@ -21,7 +21,6 @@
 namespace kvs::cuda {
 namespace {
 
-constexpr int kWarpSize = 32;
 constexpr int kRowsPerBlock = 4;
 constexpr int kThreadsPerBlock = kRowsPerBlock * kWarpSize;
 constexpr int kKeysPerTile = kWarpSize;  // scoring gives each lane one key

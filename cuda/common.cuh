@@ -38,6 +38,7 @@ namespace kvs::cuda {
 
 // ---- warp reductions (every lane of the warp must take part; all get the result) ----------
 
+constexpr int kWarpSize = 32;
 constexpr unsigned kFullWarpMask = 0xffffffffu;
 
 __device__ __forceinline__ float warp_max(float value) {

@@ -33,7 +33,6 @@
 namespace kvs::cuda {
 namespace {
 
-constexpr int kWarpSize = 32;
 
 // Link state words. score_order never produces them: its largest key is +inf's 0xff800000.
 constexpr uint32_t kIneligible = 0xffffffffu;

@@ -42,7 +42,6 @@
 namespace kvs::cuda {
 namespace {
 
-constexpr int kWarpSize = 32;
 constexpr int kRowsPerWarpTile = 16;  // query rows of one mma.sync m16 tile (one warp)
 constexpr size_t kSharedMemoryWithoutOptIn = 48 * 1024;
 

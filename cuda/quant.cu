@@ -32,7 +32,6 @@
 namespace kvs::cuda {
 namespace {
 
-constexpr int kWarpSize = 32;
 constexpr int kTileTokens = kWarpSize;  // a lane per token
 static_assert(kQuantPageTokens % kTileTokens == 0 && kKiviTokenGroup == kTileTokens,
               "an encode tile is one KIVI statistics group and a whole-word half of a page");

@@ -49,7 +49,6 @@
 namespace kvs::cuda {
 namespace {
 
-constexpr int kWarpSize = 32;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kChunkTokens = kWarpSize;                 // scoring gives each lane one key

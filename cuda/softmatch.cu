@@ -37,7 +37,6 @@
 namespace kvs::cuda {
 namespace {
 
-constexpr int kWarpSize = 32;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / kWarpSize;
 constexpr int kMaxChunk = 256;
