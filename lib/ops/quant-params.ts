@@ -6,7 +6,7 @@
 import { DTYPES, f16BitsToF32, f32ToF16Bits, bf16BitsToF32, f32ToBF16Bits } from '../dtype.js';
 import { deviceIndex, deviceName, type DeviceLike } from '../device.js';
 import { describe, fail, nativeCall } from '../errors.js';
-import { native, type NativeTensor } from '../native.js';
+import { native } from '../native.js';
 import { Tensor, isTensor, toNative } from '../tensor.js';
 import { checkOptions, checkTensorArg } from './args.js';
 import {
@@ -76,7 +76,7 @@ const VERSION = 1;
 export class QuantParams {
   readonly settings: Readonly<QuantSettings>;
   readonly arrays: QuantArrays;
-  #uploads = new Map<number, Record<string, Tensor>>();
+  #uploads = new Map<number, Promise<Record<string, Tensor>>>();
 
   /** Checks that `arrays` are exactly the mode's arrays, finite, codebooks sorted. */
   constructor(settings: QuantSettings, arrays: Partial<QuantArrays>) {
@@ -164,30 +164,29 @@ export class QuantParams {
   /** @internal the addon's kvs_quant_format on `device` (arrays uploaded once per device). */
   async nativeFormat(device: string): Promise<Record<string, unknown>> {
     const index = deviceIndex(device as DeviceLike, 'device');
-    let tensors = this.#uploads.get(index);
-    if (!tensors) {
-      tensors = {};
-      for (const name of ARRAY_NAMES) {
-        const array = this.arrays[name];
-        if (!array) continue;
-        const host = Tensor.from(array, [array.length], 'f32');
-        tensors[name] = index < 0 ? host : await host.to(device as DeviceLike);
-      }
-      this.#uploads.set(index, tensors);
-    }
     const s = this.settings, D = s.headDim, H = s.kvHeads, groups = D / VQ_GROUP;
-    const shaped: Record<string, NativeTensor> = {};
-    const shapes: Record<string, number[]> = {
-      keyCodebook: [NUQ_LEVELS], valueCodebook: [NUQ_LEVELS], keyChannelZero: [H, D], keyChannelRange: [H, D], keyChannelInvRange: [H, D],
-      keyVqCodebook: [H, groups, VQ_ENTRIES, VQ_GROUP], valueVqCodebook: [H, groups, VQ_ENTRIES, VQ_GROUP],
-    };
-    for (const [name, t] of Object.entries(tensors)) shaped[name] = { ...t[toNative](name), shape: shapes[name]! };
-    return { mode: MODE_CODE[s.mode], headDim: D, kvHeads: H, outliers: s.outliers, rawDtype: DTYPES[s.rawDtype].code, rotationSeed: s.seed, ...shaped };
+    // the promise is cached, not its result, so concurrent first calls share one upload
+    let uploads = this.#uploads.get(index);
+    if (!uploads) {
+      const shapes: Record<ArrayName, number[]> = {
+        keyCodebook: [NUQ_LEVELS], valueCodebook: [NUQ_LEVELS], keyChannelZero: [H, D], keyChannelRange: [H, D], keyChannelInvRange: [H, D],
+        keyVqCodebook: [H, groups, VQ_ENTRIES, VQ_GROUP], valueVqCodebook: [H, groups, VQ_ENTRIES, VQ_GROUP],
+      };
+      uploads = Promise.all(ARRAY_NAMES.filter((name) => this.arrays[name]).map(async (name) => {
+        const host = Tensor.from(this.arrays[name]!, shapes[name], 'f32');
+        return [name, index < 0 ? host : await host.to(device as DeviceLike)] as const;
+      })).then((entries) => Object.fromEntries(entries));
+      uploads.catch(() => this.#uploads.delete(index)); // a failed upload is retried next time
+      this.#uploads.set(index, uploads);
+    }
+    const tensors = await uploads;
+    const views = Object.fromEntries(Object.entries(tensors).map(([name, t]) => [name, t[toNative](name)]));
+    return { mode: MODE_CODE[s.mode], headDim: D, kvHeads: H, outliers: s.outliers, rawDtype: DTYPES[s.rawDtype].code, rotationSeed: s.seed, ...views };
   }
 
   /** Frees the device copies of the arrays (the params stay usable; they upload again). */
   dispose(): void {
-    for (const tensors of this.#uploads.values()) for (const t of Object.values(tensors)) t.dispose();
+    for (const uploads of this.#uploads.values()) void uploads.then((tensors) => { for (const t of Object.values(tensors)) t.dispose(); }, () => {});
     this.#uploads.clear();
   }
 }

@@ -156,16 +156,18 @@ export class QuantizedKV implements Disposable {
     };
   }
 
-  #ropeUpload: Tensor<'f32'> | null = null;
+  #ropeUpload: Promise<Tensor<'f32'>> | null = null;
 
   /** @internal the addon's kvs_rope, its table uploaded to the cache's device once */
   async nativeRope(): Promise<object> {
     if (!this.rope.invFreq) return { style: 0 };
     if (!this.#ropeUpload) {
       const host = Tensor.from(this.rope.invFreq, [this.rope.invFreq.length], 'f32');
-      this.#ropeUpload = this.device === 'cpu' ? host : await host.to(this.device);
+      const upload = this.device === 'cpu' ? Promise.resolve(host) : host.to(this.device);
+      upload.catch(() => { if (this.#ropeUpload === upload) this.#ropeUpload = null; }); // retried next time
+      this.#ropeUpload = upload;
     }
-    return { style: this.rope.style, invFreq: this.#ropeUpload[toNative]('invFreq') };
+    return { style: this.rope.style, invFreq: (await this.#ropeUpload)[toNative]('invFreq') };
   }
 
   #checkTokens(keys: Tensor, values: Tensor): number {
@@ -329,7 +331,8 @@ export class QuantizedKV implements Disposable {
   }
 
   dispose(): void {
-    for (const t of [...Object.values(this.#pages), this.rawKeys, this.rawValues, this.#positions, this.#ropeUpload]) t?.dispose();
+    for (const t of [...Object.values(this.#pages), this.rawKeys, this.rawValues, this.#positions]) t?.dispose();
+    void this.#ropeUpload?.then((t) => t.dispose(), () => {});
   }
 
   [Symbol.dispose](): void {
