@@ -9,8 +9,9 @@
 //    n = 0, 1, ... Lloyd: nearest centroid by f64 squared distance (ties: lower index),
 //    weighted f64 means.
 //  - Both: an empty cluster is re-seeded at the point with the largest weighted squared
-//    distance to its centroid (ties: lower point), clusters in ascending order. Stops at a
-//    fixed point or after `iterations`. Centroids are written as f32; dim 1 sorted.
+//    distance to its centroid (ties: lower point; each point at most once), clusters in
+//    ascending order. Stops at a fixed point or after `iterations`. Centroids are written as
+//    f32; dim 1 sorted.
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -82,15 +83,17 @@ void kmeans_1d(const float* data, const float* weights, int64_t N, int64_t k, in
         next[j] = c[j];
       }
     }
+    std::vector<int64_t> reseeded;  // as in dim > 1: a point seeds at most one empty cluster
     for (int64_t j : empty) {  // the worst-served point becomes a centroid
       int64_t worst = -1;
       double worst_error = -1.0;
       for (int64_t jj = 0; jj < k; ++jj)
         for (int64_t i = start[jj]; i < start[jj + 1]; ++i) {
+          if (std::find(reseeded.begin(), reseeded.end(), i) != reseeded.end()) continue;
           const double w = w_prefix[i + 1] - w_prefix[i], e = w * (x[i] - next[jj]) * (x[i] - next[jj]);
           if (e > worst_error) worst_error = e, worst = i;
         }
-      if (worst >= 0) next[j] = x[worst];
+      if (worst >= 0) next[j] = x[worst], reseeded.push_back(worst);
     }
     const bool fixed = next == c;
     c = next;
